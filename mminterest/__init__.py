@@ -1,0 +1,1 @@
+"""mminterest: a feature-store-centric platform for multimodal user-interest CTR models."""

@@ -1,0 +1,88 @@
+"""The one typed config. Defaults run on one machine; every field is overridable by `MMI_<FIELD>`."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env_name(name: str) -> str:
+    return "MMI_" + name.upper()
+
+
+@dataclass(frozen=True)
+class Config:
+    """Effective settings; paths are absolute after `load_config()`."""
+
+    home: Path = REPO_ROOT / ".mmi"  # all state: Delta tables, registry, models, reports
+    dataset: str = "movielens"  # adapter name in spark_jobs.adapters
+    dataset_dir: Path = REPO_ROOT.parent / "shared" / "datasets" / "movielens-latest-small-posters"
+    spark_master: str = "local[*]"
+    spark_driver_memory: str = "4g"
+    spark_shuffle_partitions: int = 8
+    max_bad_fraction: float = 0.05  # ingest fails past this share of quarantined rows
+    max_text_chars: int = 2000
+    positive_rating: float = 4.0  # label = rating >= this
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    seq_len: int = 64  # T
+    time_slices: int = 10  # l
+    sim_bins: int = 10  # n
+    online_store: str = "sqlite"  # sqlite | redis
+    redis_url: str = "127.0.0.1:6379"
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    serve_max_items: int = 500
+    serve_token: str = "change-me"
+    seed: int = 7
+
+    def table(self, name: str) -> str:
+        """Path of the Delta table `name`."""
+        return str(self.home / "delta" / name)
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    def sources(self) -> dict[str, str]:
+        """Field name -> 'env' or 'default', for `mmi config show`."""
+        return {f.name: ("env" if _env_name(f.name) in os.environ else "default")
+                for f in dataclasses.fields(self)}
+
+
+def _cast(raw: str, typ: type):
+    if typ is bool:
+        return raw.lower() in ("1", "true", "yes", "on")
+    return typ(raw)
+
+
+def load_config(**overrides) -> Config:
+    """Build the config from defaults, then `MMI_*` environment variables, then explicit overrides."""
+    values = {}
+    types = {"Path": Path, "str": str, "int": int, "float": float, "bool": bool}
+    for f in dataclasses.fields(Config):
+        raw = os.environ.get(_env_name(f.name))
+        if raw is not None:
+            values[f.name] = _cast(raw, types[str(f.type)])
+    values.update(overrides)
+    cfg = Config(**values)
+    return dataclasses.replace(cfg, home=Path(cfg.home).resolve(),
+                               dataset_dir=Path(cfg.dataset_dir).resolve())
+
+
+@lru_cache(maxsize=1)
+def get_config() -> Config:
+    """Process-wide config (read once from the environment)."""
+    return load_config()

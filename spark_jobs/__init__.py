@@ -1,0 +1,1 @@
+"""Spark jobs: each module runs with `spark-submit` and from Python."""

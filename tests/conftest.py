@@ -1,0 +1,29 @@
+"""Shared fixtures: one local Spark session per test run, a private MMI home per test."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from mminterest.config import REPO_ROOT, load_config  # noqa: E402
+
+REAL_DATASET = REPO_ROOT.parent / "shared" / "datasets" / "movielens-latest-small-posters"
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from spark_jobs.session import get_spark
+
+    session = get_spark("mmi-tests", load_config(spark_master="local[2]", spark_shuffle_partitions=4))
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    """A config whose state lives in tmp_path (dataset: the real one unless a test overrides it)."""
+    return load_config(home=tmp_path / "mmi", dataset_dir=REAL_DATASET, spark_master="local[2]",
+                       spark_shuffle_partitions=4)
