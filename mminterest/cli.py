@@ -1,7 +1,9 @@
-"""`mmi` command line: one entry point, subcommands import their job lazily."""
+"""`mmi` command line. Each area registers its own subcommands (`register(subparsers)` in the
+modules of COMMAND_MODULES); handlers import their heavy job modules lazily."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -10,11 +12,14 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+COMMAND_MODULES = ["spark_jobs.commands", "feature_repo.commands", "training.commands",
+                   "serving.commands"]
+
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    for noisy in ("py4j", "great_expectations", "urllib3", "filelock"):
+    for noisy in ("py4j", "great_expectations", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -28,44 +33,38 @@ def _config_show(args) -> int:
     return 0
 
 
-def _ingest(args) -> int:
-    from spark_jobs import ingest
-
-    try:
-        print(ingest.run().line())
-    except ingest.BadInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def _bench(args) -> int:
     from mminterest import bench
 
     if args.name is None:
-        print("benchmarks: " + ", ".join(sorted(bench.BENCHMARKS)))
+        for name, target in sorted(bench.benchmarks().items()):
+            print(f"{name:24} {target}")
         return 0
-    result = bench.run(args.name)
-    print(json.dumps(result, indent=1))
+    print(json.dumps(bench.run(args.name), indent=1))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mminterest.bench import BENCHMARKS
+    from mminterest.bench import benchmarks
 
-    parser = argparse.ArgumentParser(prog="mmi", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mmi", description="mminterest platform")
     sub = parser.add_subparsers(dest="command", required=True)
-
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
     config.add_parser("show", help="print the effective config").set_defaults(func=_config_show)
-
-    sub.add_parser("ingest", help="dataset -> GE gate -> Delta (interactions, items, quarantine)"
-                   ).set_defaults(func=_ingest)
-
-    bench = sub.add_parser("bench", help="benchmarks (side by side, ratio, JSON under reports/bench): "
-                           + ", ".join(sorted(BENCHMARKS)))
-    bench.add_argument("name", nargs="?", choices=sorted(BENCHMARKS))
+    names = sorted(benchmarks())
+    bench = sub.add_parser("bench", help="run a benchmark (side by side, ratio, JSON under "
+                           "reports/bench); without NAME: list them", description="benchmarks: "
+                           + (", ".join(names) or "none yet"))
+    bench.add_argument("name", nargs="?", choices=names, metavar="NAME")
     bench.set_defaults(func=_bench)
+    for module in COMMAND_MODULES:
+        try:
+            register = importlib.import_module(module).register
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+            continue
+        register(sub)
     return parser
 
 

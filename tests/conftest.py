@@ -17,7 +17,8 @@ REAL_DATASET = REPO_ROOT.parent / "shared" / "datasets" / "movielens-latest-smal
 def spark():
     from spark_jobs.session import get_spark
 
-    session = get_spark("mmi-tests", load_config(spark_master="local[2]", spark_shuffle_partitions=4))
+    session = get_spark("mmi-tests", load_config(spark_master="local[2]", spark_shuffle_partitions=4,
+                                                         spark_driver_memory="2g"))
     yield session
     session.stop()
 
