@@ -12,8 +12,8 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-COMMAND_MODULES = ["spark_jobs.commands", "feature_repo.commands", "training.commands",
-                   "serving.commands"]
+COMMAND_MODULES = ["spark_jobs.commands", "feature_repo.commands", "training.content.commands",
+                   "training.commands", "serving.commands"]
 
 
 def setup_logging(level: int = logging.INFO) -> None:

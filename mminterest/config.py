@@ -39,6 +39,8 @@ class Config:
     serve_max_items: int = 500
     serve_token: str = "change-me"
     seed: int = 7
+    encoder_dir: Path = Path("")  # content encoder for embeddings; empty = <home>/models/content/current
+    model_dir: Path = Path("")  # promoted CTR model of the ranker; empty = <home>/models/ctr/current
 
     def table(self, name: str) -> str:
         """Path of the Delta table `name`."""
@@ -78,8 +80,15 @@ def load_config(**overrides) -> Config:
             values[f.name] = _cast(raw, types[str(f.type)])
     values.update(overrides)
     cfg = Config(**values)
-    return dataclasses.replace(cfg, home=Path(cfg.home).resolve(),
-                               dataset_dir=Path(cfg.dataset_dir).resolve())
+    home = Path(cfg.home).resolve()
+
+    def model_path(value: Path, default: Path) -> Path:
+        return default if str(value) in ("", ".") else Path(value).resolve()
+
+    return dataclasses.replace(
+        cfg, home=home, dataset_dir=Path(cfg.dataset_dir).resolve(),
+        encoder_dir=model_path(cfg.encoder_dir, home / "models" / "content" / "current"),
+        model_dir=model_path(cfg.model_dir, home / "models" / "ctr" / "current"))
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,51 @@
+"""`mmi features ...`: apply the Feast definitions, materialise online, check online/offline parity."""
+from __future__ import annotations
+
+
+def _store():
+    from feature_repo.store_config import open_store
+
+    return open_store()
+
+
+def _apply(args) -> int:
+    from feature_repo import repo
+
+    names = repo.apply(_store())
+    print(f"apply: {len(names)} objects registered ({', '.join(names)})")
+    return 0
+
+
+def _materialize(args) -> int:
+    from feature_repo import repo
+
+    print(repo.materialize(_store(), full=args.full))
+    return 0
+
+
+def _parity(args) -> int:
+    from feature_repo import parity
+    from mminterest.config import get_config
+
+    report = parity.check(get_config(), sample=args.sample)
+    print(report.line())
+    return 0 if report.max_abs_diff <= args.tolerance else 1
+
+
+def register(sub) -> None:
+    features = sub.add_parser("features", help="Feast feature store: apply, materialize, parity")
+    actions = features.add_subparsers(dest="action", required=True)
+    actions.add_parser("apply", help="generate feature_store.yaml from the config and register "
+                       "the definitions of feature_repo/").set_defaults(func=_apply)
+    materialize = actions.add_parser("materialize", help="load the online store up to now "
+                                     "(incremental since the last run)")
+    materialize.add_argument("--full", action="store_true",
+                             help="re-materialise everything (after backfills or corrections)")
+    materialize.set_defaults(func=_materialize)
+    parity = actions.add_parser("parity", help="online features (latest state) vs an offline "
+                                "recomputation from the Delta tables; prints the largest difference")
+    parity.add_argument("--sample", type=int, default=200, metavar="N",
+                        help="interest_features rows to compare (default 200)")
+    parity.add_argument("--tolerance", type=float, default=1e-5,
+                        help="exit 1 when the largest difference exceeds this (default 1e-5)")
+    parity.set_defaults(func=_parity)
