@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import time
 
-BENCHMARKS = {"delta-write": "spark_jobs.benchmarks:delta_write"}
+BENCHMARKS = {"delta-write": "spark_jobs.benchmarks:delta_write",
+              "interest-features": "spark_jobs.benchmarks:interest_features"}
 
 
 def delta_write() -> dict:
@@ -33,3 +34,129 @@ def delta_write() -> dict:
     return {"rows": rows, "delta_io_rows_per_s": round(rows / spark_s),
             "pandas_deltalake_rows_per_s": round(rows / pandas_s),
             "ratio_delta_io_over_pandas": round(pandas_s / spark_s, 3)}
+
+
+def interest_features() -> dict:
+    """Rows/s of the interest-feature Spark job's computation (Delta reads, as-of join on
+    user_behaviour, Arrow batches through feature_math, into a no-op sink: the gate and the write
+    are left out, the reference has neither) against a vectorised numpy reference over the same
+    Delta tables (pandas merge_asof, feature_math in chunks, no Spark), side by side, interleaved,
+    best of 3 each; the two outputs are compared. Uses the project's user_behaviour and
+    item_embeddings when they exist, else builds them in a temporary home (random item vectors)
+    and says so."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from mminterest.config import get_config
+    from spark_jobs import interest_features as job
+    from spark_jobs.session import get_spark
+
+    cfg = get_config()
+    spark = get_spark("mmi-bench-interest", cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, data = _interest_inputs(cfg, spark, Path(tmp))
+        spark_s = numpy_s = math_s = float("inf")
+        for _ in range(3):  # interleaved, best of 3 each: both see the same machine load
+            spark_s = min(spark_s, _timed(lambda: job.compute(spark, cfg).write.format("noop")
+                                          .mode("overwrite").save())[0])
+            seconds, (reference, math_seconds) = _timed(lambda: _numpy_interest(cfg))
+            numpy_s, math_s = min(numpy_s, seconds), min(math_s, math_seconds)
+        got = job.compute(spark, cfg).toArrow().to_pandas().sort_values(
+            ["user_id", "item_id", "event_ts"]).reset_index(drop=True)
+    rows = len(reference["user_id"])
+    assert len(got) == rows, f"spark job gave {len(got)} rows, the reference {rows}"
+    diff = max(float(np.abs(np.stack(got[name].to_numpy()).astype(np.float64)
+                            - reference[name]).max()) for name in reference if name != "user_id")
+    return {"data": data, "rows": rows, "spark_rows_per_s": round(rows / spark_s),
+            "numpy_rows_per_s": round(rows / numpy_s),
+            "numpy_feature_math_only_rows_per_s": round(rows / math_s),
+            "ratio_spark_over_numpy": round(numpy_s / spark_s, 3), "goal_ratio": 0.7,
+            "max_abs_diff": diff}
+
+
+def _timed(run) -> tuple[float, object]:
+    started = time.perf_counter()
+    out = run()
+    return time.perf_counter() - started, out
+
+
+def _interest_inputs(cfg, spark, tmp):
+    """(config whose home holds interactions, user_behaviour, item_embeddings; description)."""
+    import dataclasses
+    import shutil
+
+    from feature_repo import synthetic
+    from feature_repo.benchmarks import DIMS
+    from spark_jobs import behaviour, delta_io
+
+    have = {n: delta_io.exists(cfg.table(n)) for n in ("user_behaviour", "item_embeddings")}
+    if all(have.values()):
+        return cfg, "project tables (interactions, user_behaviour, item_embeddings)"
+    made = dataclasses.replace(cfg, home=tmp)
+    for name in ("interactions", *[n for n, ok in have.items() if ok]):
+        shutil.copytree(cfg.table(name), made.table(name))  # a Delta table is its folder
+    notes = []
+    if not have["user_behaviour"]:
+        interactions = delta_io.read(spark, cfg.table("interactions"))
+        delta_io.write(behaviour.states(interactions, cfg.seq_len), made.table("user_behaviour"))
+        notes.append("user_behaviour built by behaviour.states")
+    if not have["item_embeddings"]:
+        items = delta_io.read(spark, cfg.table("items")).select("item_id", "image_path").toPandas()
+        table = synthetic.item_embeddings(items["item_id"], [None] * len(items), DIMS,
+                                          items.loc[items["image_path"].isna(), "item_id"], cfg.seed)
+        delta_io.write(spark.createDataFrame(table), made.table("item_embeddings"))
+        notes.append(f"RANDOM item vectors {DIMS} (embedding job not run; no img where no poster)")
+    return made, "ingested interactions; " + "; ".join(notes)
+
+
+def _numpy_interest(cfg):
+    """(features of every labelled row, sorted by key, as numpy arrays; seconds in feature_math)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    from feature_repo import feature_math
+    from feature_repo.online import MODALITIES, ItemVectors, target_inputs
+    from spark_jobs.interest_features import chunk_rows
+
+    rows = DeltaTable(cfg.table("interactions")).to_pandas(
+        columns=["user_id", "item_id", "event_ts", "label"]).dropna(subset=["label"])
+    states = DeltaTable(cfg.table("user_behaviour")).to_pyarrow_table(
+        columns=["user_id", "event_ts", "hist_item_ids"])
+    index = pd.DataFrame({"user_id": states["user_id"].to_numpy(),
+                          "state_ts": states["event_ts"].to_pandas(),
+                          "state": np.arange(len(states))}).sort_values("state_ts")
+    rows = pd.merge_asof(rows.sort_values("event_ts"), index, left_on="event_ts",
+                         right_on="state_ts", by="user_id", allow_exact_matches=True)
+    rows = rows.sort_values(["user_id", "item_id", "event_ts"]).reset_index(drop=True)
+    no_state = len(states)  # index of an empty history appended below
+    hist = pa.concat_arrays([states["hist_item_ids"].combine_chunks(),
+                             pa.array([[]], states.schema.field("hist_item_ids").type)])
+    hist = hist.take(pa.array(rows["state"].fillna(no_state).to_numpy(np.int64)))
+    ids, hist_mask = feature_math.stack_ragged(hist.offsets.to_numpy(), hist.values.to_numpy(),
+                                               cfg.seq_len)
+    emb = DeltaTable(cfg.table("item_embeddings")).to_pyarrow_table(columns=["item_id", *MODALITIES])
+    vectors = ItemVectors.from_rows(emb["item_id"].to_numpy(),
+                                    {m: emb[m].to_numpy(zero_copy_only=False) for m in MODALITIES})
+    targets, math_s, parts = rows["item_id"].to_numpy(), 0.0, {}
+    step = chunk_rows(vectors, cfg.seq_len)
+    for lo in range(0, len(rows), step):
+        sl = slice(lo, lo + step)
+        inputs = target_inputs(vectors, targets[sl], ids[sl], hist_mask[sl])  # m -> (t, h, valid)
+        started = time.perf_counter()
+        got = feature_math.target_features({m: i[0] for m, i in inputs.items()},
+                                           {m: i[1] for m, i in inputs.items()},
+                                           {m: i[2] for m, i in inputs.items()},
+                                           cfg.time_slices, cfg.sim_bins)
+        math_s += time.perf_counter() - started
+        for name, value in got.items():
+            parts.setdefault(name, []).append(value.reshape(len(value), -1))
+    out = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    return {"user_id": rows["user_id"].to_numpy(), **out}, math_s
+
+
+# infra: the same job on a 1-worker vs 2-worker standalone cluster (infra/scaling.py)
+BENCHMARKS["scaling-ingest"] = "infra.scaling:scaling_ingest"

@@ -1,0 +1,111 @@
+"""Behaviour sequences: Delta `user_behaviour`, one state per (user, positive-event time).
+
+A state holds the user's last T positives with a timestamp <= its event time, most recent first
+(ties in the same second ordered by item_id, highest first), and is valid from that time + 1 µs.
+Positives sharing a timestamp collapse into ONE state, so Feast's point-in-time join (feature
+ts <= row ts) for a row at time t sees exactly the positives strictly before t, never one at t.
+The table is rebuilt from all interactions each run (late-arriving events land in place) and
+overwritten in one commit, after the feature_checks gate.
+
+    spark-submit spark_jobs/behaviour.py      or      mmi build behaviour
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from mminterest.config import Config, get_config
+from spark_jobs import delta_io
+from spark_jobs.feature_checks import check_behaviour
+
+log = logging.getLogger("mminterest.behaviour")
+TABLE = "user_behaviour"
+MADE_BY = {"interactions": "mmi ingest", "user_behaviour": "mmi build behaviour",
+           "item_embeddings": "the embedding job (spark_jobs/embed_items.py)"}
+
+
+class MissingInputError(RuntimeError):
+    """An input table of a feature job does not exist yet."""
+
+
+def require(cfg: Config, *tables: str) -> None:
+    """Raise MissingInputError naming each absent input table and what makes it."""
+    missing = [t for t in tables if not delta_io.exists(cfg.table(t))]
+    if missing:
+        raise MissingInputError("missing input table(s): " + "; ".join(
+            f"{cfg.table(t)} (made by {MADE_BY.get(t, '?')})" for t in missing))
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """Counts and time of one run of a feature job; `line()` is its one-line summary."""
+
+    job: str
+    rows_in: int
+    rows_out: int
+    seconds: float
+    note: str = ""
+
+    def line(self) -> str:
+        note = f" ({self.note})" if self.note else ""
+        return (f"{self.job}: rows in {self.rows_in:,}, rows out {self.rows_out:,}{note}, "
+                f"{self.seconds:.1f} s")
+
+
+def states(interactions: DataFrame, seq_len: int) -> DataFrame:
+    """user_behaviour rows (CONTRACTS.md) from interactions (user_id, item_id, event_ts, label)."""
+    positives = interactions.where(F.col("label") == 1).select("user_id", "item_id", "event_ts")
+    order = Window.partitionBy("user_id").orderBy("event_ts", "item_id")
+    last_t = order.rowsBetween(-(seq_len - 1), Window.currentRow)
+    # the last positive of its second carries every positive of that second in its window
+    last_of_ts = F.coalesce(F.lead("event_ts").over(order) != F.col("event_ts"), F.lit(True))
+    hist = F.sort_array(F.collect_list(F.struct("event_ts", "item_id")).over(last_t), asc=False)
+    return (positives.select("user_id", "event_ts", hist.alias("hist"), last_of_ts.alias("_last"))
+            .where("_last")
+            .select("user_id",
+                    F.timestamp_micros(F.unix_micros("event_ts") + 1).alias("event_ts"),
+                    F.col("hist.item_id").alias("hist_item_ids"),
+                    F.transform("hist", lambda h: F.unix_seconds(h["event_ts"])).alias("hist_ts"),
+                    F.size("hist").cast("int").alias("hist_len")))
+
+
+def publish(df: DataFrame, cfg: Config) -> int:
+    """Gate `df` with the behaviour checks, then overwrite the table (one commit). Returns the version."""
+    check_behaviour(df, cfg)
+    return delta_io.write(df, cfg.table(TABLE), mode="overwrite")
+
+
+def run(cfg: Config | None = None, spark: SparkSession | None = None) -> JobSummary:
+    """Rebuild user_behaviour from interactions; return (and log) the one-line summary."""
+    from spark_jobs.session import get_spark
+
+    cfg = cfg or get_config()
+    require(cfg, "interactions")
+    spark = spark or get_spark("mmi-behaviour", cfg)
+    start = time.time()
+    log.info("behaviour [1/3] reading %s", cfg.table("interactions"))
+    interactions = delta_io.read(spark, cfg.table("interactions"))
+    out = states(interactions, cfg.seq_len).persist()
+    try:
+        rows_in, rows_out = interactions.count(), out.count()
+        log.info("behaviour [2/3] checking %s states", f"{rows_out:,}")
+        version = publish(out, cfg)
+        log.info("behaviour [3/3] wrote %s (version %d)", cfg.table(TABLE), version)
+    finally:
+        out.unpersist()
+    summary = JobSummary("behaviour", rows_in, rows_out, time.time() - start,
+                         f"states of T <= {cfg.seq_len}")
+    log.info(summary.line())
+    return summary
+
+
+if __name__ == "__main__":  # spark-submit: same arguments and exit codes as `mmi build behaviour`
+    import sys
+
+    from mminterest.cli import main
+
+    sys.exit(main(["build", "behaviour", *sys.argv[1:]]))

@@ -1,0 +1,179 @@
+"""Interest features: Delta `interest_features`, one row per labelled interaction.
+
+Each row (user, item, event_ts) takes the user's behaviour state in force at event_ts (an as-of
+join on user_behaviour: the latest state with valid-from <= event_ts, i.e. the positives strictly
+before event_ts, exactly what Feast's point-in-time join sees). Arrow batches then go through
+`feature_math.target_features`, the function the online ranker calls, with the item vectors of
+item_embeddings broadcast once per Python worker. `mapInArrow` rather than `mapInPandas`: the
+list columns cross as Arrow buffers both ways (offsets + values, stacked without a Python loop),
+never as per-row pandas objects. A window [start, end) of event_ts replaces only the rows of that
+window (predicate overwrite), so a backfill of a logical date is idempotent; the table is written
+in one commit, after the feature_checks gate.
+
+    spark-submit spark_jobs/interest_features.py [--start ISO] [--end ISO]   or   mmi build interest ...
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark import TaskContext
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from feature_repo import feature_math
+from feature_repo.online import MODALITIES, ItemVectors, target_inputs
+from mminterest.config import Config, get_config
+from spark_jobs import delta_io
+from spark_jobs.behaviour import TABLE as BEHAVIOUR, JobSummary, require
+from spark_jobs.feature_checks import check_interest
+
+log = logging.getLogger("mminterest.interest")
+TABLE = "interest_features"
+CHUNK_BYTES = 4 << 20  # float64 history vectors per feature_math call: stays in cache
+SCHEMA = ("user_id long, item_id long, event_ts timestamp, hist_len int, "
+          "sim_img array<float>, sim_txt array<float>, "
+          "sim_mask_img array<boolean>, sim_mask_txt array<boolean>, "
+          "dist_img array<float>, dist_txt array<float>")
+
+
+def with_history(interactions: DataFrame, states: DataFrame) -> DataFrame:
+    """Labelled rows + `hist_item_ids` of the state in force at event_ts (empty if none): an as-of
+    join done as one sort per user (states before rows at equal times: valid-from <= ts)."""
+    rows = interactions.where(F.col("label").isNotNull()).select(
+        "user_id", "item_id", "event_ts", F.lit(1).alias("_kind"),
+        F.lit(None).cast("array<long>").alias("hist_item_ids"))
+    marks = states.select("user_id", F.lit(None).cast("long").alias("item_id"), "event_ts",
+                          F.lit(0).alias("_kind"), "hist_item_ids")
+    upto = (Window.partitionBy("user_id").orderBy("event_ts", "_kind")
+            .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    state = F.last("hist_item_ids", ignorenulls=True).over(upto)
+    return (rows.unionByName(marks).withColumn("hist_item_ids", state).where("_kind = 1")
+            .select("user_id", "item_id", "event_ts",
+                    F.coalesce("hist_item_ids", F.array().cast("array<long>")).alias("hist_item_ids")))
+
+
+def item_vectors(spark: SparkSession, cfg: Config) -> ItemVectors:
+    """img and txt vectors of item_embeddings (absent where null). Content is valid from an item's
+    first appearance, so no as-of is needed: every labelled row comes at or after it."""
+    table = delta_io.read(spark, cfg.table("item_embeddings")).select("item_id", *MODALITIES).toArrow()
+    return ItemVectors.from_rows(table["item_id"].to_numpy(),
+                                 {m: table[m].to_numpy(zero_copy_only=False) for m in MODALITIES})
+
+
+def chunk_rows(vectors: ItemVectors, seq_len: int) -> int:
+    """Rows per feature_math call: about CHUNK_BYTES of float64 history vectors."""
+    width = max([vectors.vecs[m].shape[1] for m in MODALITIES] + [1])
+    return max(1, CHUNK_BYTES // (seq_len * width * 8))
+
+
+def features(rows: pa.RecordBatch, vectors: ItemVectors, seq_len: int, time_slices: int,
+             sim_bins: int) -> pa.RecordBatch:
+    """interest_features of an Arrow batch (user_id, item_id, event_ts, hist_item_ids): history
+    assembly as the online path (`online.target_inputs`), then `feature_math.target_features`."""
+    hist = rows.column("hist_item_ids")
+    ids, hist_mask = feature_math.stack_ragged(hist.offsets.to_numpy(), hist.values.to_numpy(),
+                                               seq_len)
+    targets = rows.column("item_id").to_numpy()
+    step = chunk_rows(vectors, seq_len)
+    parts: dict[str, list[np.ndarray]] = {}
+    for lo in range(0, len(targets), step):
+        sl = slice(lo, lo + step)
+        inputs = target_inputs(vectors, targets[sl], ids[sl], hist_mask[sl])  # m -> (t, h, valid)
+        got = feature_math.target_features({m: i[0] for m, i in inputs.items()},
+                                           {m: i[1] for m, i in inputs.items()},
+                                           {m: i[2] for m, i in inputs.items()}, time_slices, sim_bins)
+        for name, value in got.items():
+            parts.setdefault(name, []).append(value.reshape(len(value), -1))
+    widths = {"sim": seq_len, "sim_mask": seq_len, "dist": time_slices * sim_bins}
+    out = {name: rows.column(name) for name in ("user_id", "item_id", "event_ts")}
+    out["hist_len"] = pa.array(hist_mask.sum(axis=1).astype(np.int32))
+    for kind, width in widths.items():
+        for m in MODALITIES:
+            name = f"{kind}_{m}"
+            dtype = bool if kind == "sim_mask" else np.float32
+            value = np.concatenate(parts[name]) if name in parts else np.zeros((0, width), dtype)
+            out[name] = pa.ListArray.from_arrays(
+                pa.array(np.arange(len(value) + 1, dtype=np.int32) * width), pa.array(value.ravel()))
+    return pa.RecordBatch.from_pydict(out)
+
+
+def compute(spark: SparkSession, cfg: Config, start=None, end=None) -> DataFrame:
+    """The interest_features rows with start <= event_ts < end (lazy)."""
+    interactions = delta_io.read(spark, cfg.table("interactions"))
+    states = delta_io.read(spark, cfg.table(BEHAVIOUR))
+    start, end = _utc(start), _utc(end)
+    if start is not None:
+        interactions = interactions.where(F.col("event_ts") >= F.lit(start.to_pydatetime()))
+    if end is not None:
+        interactions = interactions.where(F.col("event_ts") < F.lit(end.to_pydatetime()))
+        states = states.where(F.col("event_ts") < F.lit(end.to_pydatetime()))
+    vectors = spark.sparkContext.broadcast(item_vectors(spark, cfg))
+    seq_len, slices, bins = cfg.seq_len, cfg.time_slices, cfg.sim_bins
+
+    def per_batch(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        vecs = vectors.value  # deserialised once per Python worker
+        part, done = TaskContext.get().partitionId(), 0
+        for batch in batches:
+            yield features(batch, vecs, seq_len, slices, bins)
+            done += batch.num_rows  # progress, in the executor's log (the console when local)
+            print(f"{time.strftime('%H:%M:%S')} interest: partition {part}: {done:,} rows",
+                  file=sys.stderr, flush=True)
+
+    return with_history(interactions, states).mapInArrow(per_batch, SCHEMA)
+
+
+def window_predicate(start=None, end=None) -> str | None:
+    """Delta predicate of the event_ts window [start, end), None for the whole table."""
+    parts = [f"event_ts {op} '{_utc(t).isoformat()}'" for op, t in ((">=", start), ("<", end))
+             if t is not None]
+    return " AND ".join(parts) or None
+
+
+def publish(df: DataFrame, cfg: Config, start=None, end=None) -> int:
+    """Gate `df`, then replace the window's rows (or the table) in one commit. Returns the version."""
+    check_interest(df, cfg)
+    return delta_io.write(df, cfg.table(TABLE), mode="overwrite", predicate=window_predicate(start, end))
+
+
+def run(cfg: Config | None = None, spark: SparkSession | None = None, start=None,
+        end=None) -> JobSummary:
+    """Compute and publish interest_features for event_ts in [start, end) (default: all rows)."""
+    from spark_jobs.session import get_spark
+
+    cfg = cfg or get_config()
+    require(cfg, "interactions", BEHAVIOUR, "item_embeddings")
+    spark = spark or get_spark("mmi-interest", cfg)
+    begun = time.time()
+    start, end = _utc(start), _utc(end)
+    window = f"[{start or '-inf'}, {end or '+inf'})"
+    log.info("interest [1/3] rows in %s, history from %s", window, cfg.table(BEHAVIOUR))
+    out = compute(spark, cfg, start, end).persist()
+    try:
+        rows = out.count()
+        log.info("interest [2/3] checking %s rows", f"{rows:,}")
+        version = publish(out, cfg, start, end)
+        log.info("interest [3/3] wrote %s (version %d)", cfg.table(TABLE), version)
+    finally:
+        out.unpersist()
+    summary = JobSummary("interest", rows, rows, time.time() - begun, f"event_ts in {window}")
+    log.info(summary.line())
+    return summary
+
+
+def _utc(t) -> pd.Timestamp | None:
+    if t is None:
+        return None
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+if __name__ == "__main__":  # spark-submit: same arguments and exit codes as `mmi build interest`
+    from mminterest.cli import main
+
+    sys.exit(main(["build", "interest", *sys.argv[1:]]))
