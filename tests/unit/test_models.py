@@ -1,0 +1,272 @@
+"""CTR model zoo: shapes, gradients, DMAE aux loss, padding invariance, save/load, CiUBM, overfitting.
+
+Batches are tiny random ones that follow CONTRACTS.md (B=4, T=8, l=2, n=4); each model is fed only the
+keys it declares in `required_keys()`, so the declared key lists are checked too.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from training.models import MODELS, CiUBM, ModelConfig, build_model, load_model, model_names
+from training.models.simtier import similarity_histogram
+
+B, T, L, N, MM = 4, 8, 2, 4, 12
+N_USERS, N_ITEMS, N_CATS = 40, 30, 5
+CFG = ModelConfig(n_users=N_USERS, n_items=N_ITEMS, n_cats=N_CATS, emb_dim=8, T=T, l=L, n=N, mm_dim=MM,
+                  mlp_dims=(16,), att_dims=(8,), n_heads=2, sim_topk=4, twin_topk=4, n_tiers=4, n_buckets=4,
+                  window=3, mask_prob=0.25, lambda_dec=0.5)
+Changes = dict[str, object]
+NO_CHANGES: Changes = {}
+DMAE_ABLATIONS: list[Changes] = [
+    {"use_mieu_se": False}, {"use_mieu_t": False}, {"use_mifu": False}, {"use_iddu": False},
+    {"use_mieu_se": False, "use_mieu_t": False, "use_mifu": False, "use_iddu": False},
+]
+VARIANTS: list[tuple[str, Changes]] = [
+    *((name, NO_CHANGES) for name in model_names()),
+    *(("dmae", changes) for changes in DMAE_ABLATIONS),
+    ("sim", {"sim_mode": "hard"}), ("ciubm_sim", {"sim_mode": "hard"}),
+    ("ciubm_din", {"use_id": False}), ("ciubm_din", {"use_content": False}), ("ciubm_din", {"use_fusion": False}),
+]
+IDS = [name + "".join(f"-{k}={v}" for k, v in changes.items()) for name, changes in VARIANTS]
+
+
+def category_of(items: np.ndarray) -> np.ndarray:
+    """Fixed item -> category map (0 stays padding)."""
+    return np.where(items > 0, items % (N_CATS - 1) + 1, 0)
+
+
+def interest_distribution(sim: np.ndarray, mask: np.ndarray, l: int, n: int) -> np.ndarray:  # noqa: E741
+    """CONTRACTS.md: slice i = positions [i*T/l, (i+1)*T/l), bin = min(floor(r*n), n-1), p = count / T."""
+    b, t = sim.shape
+    out = np.zeros((b, l, n), dtype=np.float32)
+    for row in range(b):
+        for pos in np.flatnonzero(mask[row]):
+            out[row, pos * l // t, min(int(sim[row, pos] * n), n - 1)] += 1.0 / t
+    return out
+
+
+def make_batch(rng: np.random.Generator, b: int = B, lens: tuple[int, ...] = (T, 5, 1, 0)) -> dict:
+    """A CTR batch per CONTRACTS.md: right-padded histories, some items without an image / any content."""
+    hist_len = np.array([lens[i % len(lens)] for i in range(b)])
+    mask = np.arange(T)[None, :] < hist_len[:, None]
+    item = rng.integers(1, N_ITEMS, b)
+    hist_item = np.where(mask, rng.integers(1, N_ITEMS, (b, T)), 0)
+    has_img = rng.random((b, T)) < 0.7
+    has_mm = rng.random((b, T)) < 0.85
+    hist_mm = (rng.normal(size=(b, T, MM)) * (mask & has_mm)[..., None]).astype(np.float32)
+    target_mm = rng.normal(size=(b, MM)).astype(np.float32)
+    mask_img, mask_txt = mask & has_img, mask.copy()
+    sim_img = np.where(mask_img, rng.random((b, T)), 0.0).astype(np.float32)
+    sim_txt = np.where(mask_txt, rng.random((b, T)), 0.0).astype(np.float32)
+    arrays = {
+        "user": rng.integers(1, N_USERS, b), "item": item, "cat": category_of(item),
+        "hist_item": hist_item, "hist_cat": category_of(hist_item), "hist_mask": mask,
+        "sim_img": sim_img, "sim_txt": sim_txt, "sim_mask_img": mask_img, "sim_mask_txt": mask_txt,
+        "dist_img": interest_distribution(sim_img, mask_img, L, N),
+        "dist_txt": interest_distribution(sim_txt, mask_txt, L, N),
+        "target_mm": target_mm, "hist_mm": hist_mm, "label": (rng.random(b) < 0.5).astype(np.float32),
+    }
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
+def perturb_padding(batch: dict, rng: np.random.Generator) -> dict:
+    """Change every value at a masked position (ids, content vectors, similarity scores)."""
+    out = dict(batch)
+    pad = ~batch["hist_mask"]
+    ids = torch.from_numpy(rng.integers(1, N_ITEMS, pad.shape))
+    out["hist_item"] = torch.where(pad, ids, batch["hist_item"])
+    out["hist_cat"] = torch.where(pad, torch.from_numpy(category_of(ids.numpy())), batch["hist_cat"])
+    noise = torch.from_numpy(rng.normal(size=batch["hist_mm"].shape).astype(np.float32))
+    out["hist_mm"] = torch.where(pad[..., None], noise, batch["hist_mm"])
+    for m in ("img", "txt"):
+        r = torch.from_numpy(rng.random(pad.shape).astype(np.float32))
+        out[f"sim_{m}"] = torch.where(batch[f"sim_mask_{m}"], batch[f"sim_{m}"], r)
+    return out
+
+
+def build(name: str, changes: dict, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(name, CFG.replace(**changes))
+
+
+def feed(model, batch: dict) -> dict:
+    """The model's declared keys only."""
+    return {k: batch[k] for k in model.required_keys()}
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    order = scores.argsort()
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    pos = labels == 1
+    n_pos, n_neg = pos.sum(), (~pos).sum()
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: intra-op threads only add overhead (and thrash on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict:
+    return make_batch(np.random.default_rng(0))
+
+
+def test_registry_names():
+    assert list(MODELS) == ["avgpool", "din", "dien", "bst", "sim", "twin", "simtier", "dmae"]
+    assert "ciubm_din" in model_names() and "ciubm_avgpool" in model_names()
+    assert build_model("ciubm_bst", CFG).model_name == "ciubm_bst"
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("nope", CFG)
+    with pytest.raises(ValueError, match="cannot wrap"):
+        build_model("ciubm_ciubm_din", CFG)
+
+
+def test_config_json_round_trip():
+    cfg = CFG.replace(sim_mode="hard", use_mifu=False)
+    again = ModelConfig.from_json(cfg.to_json())
+    assert again == cfg and isinstance(again.mlp_dims, tuple)
+    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+        ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ValueError, match="sim_mode"):
+        CFG.replace(sim_mode="fuzzy")
+
+
+@pytest.mark.parametrize(("name", "changes"), VARIANTS, ids=IDS)
+def test_forward_backward(name, changes, batch):
+    """Finite (B,) logits from the declared keys; every used parameter gets a finite, non-zero gradient."""
+    model = build(name, changes).train()
+    out = model(feed(model, batch))
+    assert out["logit"].shape == (B,) and torch.isfinite(out["logit"]).all()
+    assert out["aux_loss"].shape == () and torch.isfinite(out["aux_loss"])
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"]) + out["aux_loss"]
+    loss.backward()
+    unused = ("backbone.head.",) if isinstance(model, CiUBM) else ()
+    if isinstance(model, CiUBM) and not model.cfg.use_id:
+        unused = ("backbone.",)
+    for pname, param in model.named_parameters():
+        if pname.startswith(unused):
+            assert param.grad is None, pname
+            continue
+        assert param.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(param.grad).all(), pname
+        assert param.grad.abs().sum() > 0, f"{pname} gradient is all zero"
+
+
+@pytest.mark.parametrize(("name", "changes"), VARIANTS, ids=IDS)
+def test_padding_invariance(name, changes, batch):
+    model = build(name, changes).eval()
+    with torch.no_grad():
+        ref = model(feed(model, batch))["logit"]
+        other = model(feed(model, perturb_padding(batch, np.random.default_rng(1))))["logit"]
+    torch.testing.assert_close(other, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_save_load_round_trip(name, batch, tmp_path):
+    model = build(name, {"sim_mode": "hard"} if "sim" in name else {}).eval()
+    model.save(tmp_path / name)
+    payload = json.loads((tmp_path / name / "config.json").read_text())
+    assert payload["model"] == name and payload["config"]["emb_dim"] == CFG.emb_dim
+    loaded = load_model(tmp_path / name).eval()
+    assert type(loaded) is type(model) and loaded.model_name == name and loaded.cfg == model.cfg
+    with torch.no_grad():
+        assert torch.equal(loaded(feed(model, batch))["logit"], model(feed(model, batch))["logit"])
+
+
+def test_dmae_aux_loss_training_only(batch):
+    model = build("dmae", {})
+    assert "dist_txt" in model.train().required_keys() and "dist_txt" not in model.eval().required_keys()
+    assert model.train()(batch)["aux_loss"] > 0
+    assert model.eval()(batch)["aux_loss"] == 0
+    assert build("dmae", {"use_iddu": False}).train()(batch)["aux_loss"] == 0
+    assert build("ciubm_dmae", {}).train()(batch)["aux_loss"] > 0  # CiUBM passes the backbone's aux loss on
+    empty = dict(batch, dist_img=torch.zeros_like(batch["dist_img"]), dist_txt=torch.zeros_like(batch["dist_txt"]))
+    assert model.train()(empty)["aux_loss"] == 0  # all-zero P rows are left out, not NaN
+
+
+def test_dmae_iddu_gets_gradients_only_in_training(batch):
+    model = build("dmae", {})
+    model.eval()(batch)["logit"].sum().backward()
+    assert all(p.grad is None for p in model.iddu.parameters())
+    assert all(p.grad is not None for p in model.mifu.parameters())
+
+
+def test_ciubm_without_content_modules_is_the_backbone_interest(batch):
+    model = build("ciubm_din", {"use_content": False, "use_fusion": False}).eval()
+    assert model.interest_dim == model.backbone.interest_dim
+    assert model.head.net[0].in_features == model.backbone.head.net[0].in_features
+    assert set(model.required_keys()) == set(model.backbone.required_keys())
+    with torch.no_grad():
+        assert torch.equal(model.interest(batch), model.backbone.interest(batch))
+        assert model(batch)["logit"].shape == (B,)
+    with pytest.raises(ValueError, match="at least one"):
+        build("ciubm_din", {"use_id": False, "use_content": False, "use_fusion": False})
+
+
+def test_ciubm_content_weights_are_masked_cosines(batch):
+    model = build("ciubm_avgpool", {})
+    a = model.content_weights(batch)
+    assert (a[~batch["hist_mask"]] == 0).all() and (a.abs() <= 1 + 1e-6).all()
+    no_target = dict(batch, target_mm=torch.zeros_like(batch["target_mm"]))
+    assert (model.content_weights(no_target) == 0).all()  # an item without content adds no content interest
+
+
+def test_sim_hard_search_ignores_other_categories(batch):
+    model = build("sim", {"sim_mode": "hard"}).eval()
+    other = batch["hist_cat"] != batch["cat"][:, None]
+    changed = dict(batch, hist_item=torch.where(other, (batch["hist_item"] % (N_ITEMS - 1)) + 1,
+                                                batch["hist_item"]))
+    with torch.no_grad():
+        torch.testing.assert_close(model(changed)["logit"], model(batch)["logit"])
+
+
+def test_similarity_histogram():
+    sim = torch.tensor([[0.0, 0.3, 0.99, 1.0, 0.6]])
+    mask = torch.tensor([[True, True, True, True, False]])
+    torch.testing.assert_close(similarity_histogram(sim, mask, 4), torch.tensor([[0.2, 0.2, 0.0, 0.4]]))
+
+
+def overfit_batch(rng: np.random.Generator, b: int = 32) -> dict:
+    """label = the target's category occurs in the history; similarity is high for those items.
+
+    One user for all rows, so the label cannot be memorised through the user embedding.
+    """
+    batch = make_batch(rng, b, lens=(T, 6, 4, 2))
+    batch["user"] = torch.ones_like(batch["user"])
+    same = (batch["hist_cat"] == batch["cat"][:, None]) & batch["hist_mask"]
+    high = torch.from_numpy(rng.uniform(0.8, 1.0, (b, T)).astype(np.float32))
+    low = torch.from_numpy(rng.uniform(0.0, 0.6, (b, T)).astype(np.float32))
+    for m in ("img", "txt"):
+        sim = torch.where(same, high, low) * batch[f"sim_mask_{m}"]
+        batch[f"sim_{m}"] = sim
+        batch[f"dist_{m}"] = torch.from_numpy(interest_distribution(sim.numpy(), batch[f"sim_mask_{m}"].numpy(),
+                                                                    L, N))
+    batch["label"] = same.any(dim=1).float()
+    return batch
+
+
+@pytest.mark.parametrize("name", ["din", "dmae"])
+def test_overfits_small_sample(name):
+    batch = overfit_batch(np.random.default_rng(3))
+    assert 0.2 < batch["label"].mean() < 0.8
+    model = build(name, {"mlp_dims": (32, 16)}).train()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(200):
+        out = model(batch)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"])
+        opt.zero_grad()
+        (loss + out["aux_loss"]).backward()
+        opt.step()
+    with torch.no_grad():
+        scores = model.eval()(batch)["logit"].numpy()
+    assert auc(batch["label"].numpy(), scores) > 0.9

@@ -1,0 +1,131 @@
+"""Shared layers of the CTR model zoo: every model composes these, none re-implements them.
+
+Masks are bool tensors, True = a real position. Every masked reduction is exact: padded positions never
+change a result (they get weight 0, not a small weight), and an all-masked row yields zeros, never NaN.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
+    """Softmax over `dim` restricted to `mask`; masked entries get exactly 0, all-masked rows all 0."""
+    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(filled, dim=dim) * mask.to(scores.dtype)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x (B, T, D) over the True positions of mask (B, T); zeros for an empty row."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class MLP(nn.Module):
+    """Linear -> ReLU -> Dropout blocks over `hidden`, then an optional linear output layer."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for width in hidden:
+            layers += [nn.Linear(dim, width), nn.ReLU(), nn.Dropout(dropout)]
+            dim = width
+        if out_dim is not None:
+            layers.append(nn.Linear(dim, out_dim))
+            dim = out_dim
+        self.net = nn.Sequential(*layers)
+        self.out_dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class TargetAttention(nn.Module):
+    """DIN attention unit: score_i = MLP([q, k_i, q - k_i, q * k_i]); returns sum_i w_i k_i.
+
+    w = masked softmax of the scores when `softmax`, else the raw scores with padded positions zeroed
+    (the DIN paper keeps raw weights to preserve interest intensity).
+    """
+
+    def __init__(self, dim: int, hidden: Sequence[int], softmax: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.score = MLP(4 * dim, hidden, 1, dropout)
+        self.softmax = softmax
+
+    def weights(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """Attention weights (B, T) of query (B, D) over keys (B, T, D)."""
+        q = query.unsqueeze(1).expand_as(keys)
+        scores = self.score(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)
+        if self.softmax:
+            return masked_softmax(scores, mask)
+        return scores * mask.to(scores.dtype)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor, values: Tensor | None = None) -> Tensor:
+        w = self.weights(query, keys, mask)
+        return torch.einsum("bt,btd->bd", w, keys if values is None else values)
+
+
+class MaskedAttention(nn.Module):
+    """Multi-head scaled dot-product attention with an explicit allowed-mask (B, Tq, Tk) and safe softmax.
+
+    Unlike nn.MultiheadAttention, a query with no allowed key returns zeros instead of NaN.
+    """
+
+    def __init__(self, dim: int, n_heads: int, kv_dim: int | None = None):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
+        kv_dim = dim if kv_dim is None else kv_dim
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(kv_dim, dim)
+        self.v = nn.Linear(kv_dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def _split(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+
+    def forward(self, query: Tensor, keys: Tensor, allowed: Tensor) -> Tensor:
+        """query (B, Tq, D), keys (B, Tk, Dkv), allowed (B, Tq, Tk) -> (B, Tq, D)."""
+        q, k, v = self._split(self.q(query)), self._split(self.k(keys)), self._split(self.v(keys))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+        w = masked_softmax(scores, allowed.unsqueeze(1))
+        ctx = (w @ v).transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)
+        return self.out(ctx)
+
+
+class SelfAttentionBlock(nn.Module):
+    """Transformer encoder (post-norm, `n_layers` x TransformerEncoderLayer) with a key padding mask."""
+
+    def __init__(self, dim: int, n_heads: int, n_layers: int, dropout: float = 0.0):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(dim, n_heads, dim_feedforward=2 * dim, dropout=dropout,
+                                           batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (B, T, D), mask (B, T) True = real; every row needs at least one real position."""
+        return self.encoder(x, src_key_padding_mask=~mask)
+
+
+class SinCosEncoding(nn.Module):
+    """Fixed sine-cosine code of a scalar in [0, 1]: [sin(w_k x), cos(w_k x)], w_k geometric in [1, max_freq]."""
+
+    freqs: Tensor
+
+    def __init__(self, dim: int, max_freq: float = 100.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"sine-cosine dim must be even, got {dim}")
+        freqs = torch.logspace(0.0, math.log10(max_freq), dim // 2)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (...) -> (..., dim)."""
+        angles = x.unsqueeze(-1) * self.freqs
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
