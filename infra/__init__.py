@@ -1,0 +1,1 @@
+"""Machine set-up, local services (Spark standalone, Redis) and cluster manifests."""
