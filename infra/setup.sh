@@ -27,7 +27,7 @@ make_env() {
   "$dir/bin/pip" install -q --upgrade pip
   "$dir/bin/pip" install -q torch==2.13.0  # first: the CPU wheel; an unpinned torch pulls CUDA
   "$dir/bin/pip" install -q -r "$req" -c "$lock"
-  "$dir/bin/pip" install -q --no-deps --no-build-isolation -e .
+  "$dir/bin/pip" install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
   echo "$digest" > "$stamp"
 }
 make_env .venv requirements.txt requirements.lock
