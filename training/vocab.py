@@ -24,7 +24,7 @@ def primary_category(category: str | None) -> str:
     return category.split("|", 1)[0].strip() or UNKNOWN_CATEGORY
 
 
-class _Index:
+class IdIndex:
     """Sorted int64 keys -> 1..len(keys); anything else -> 0. Vectorised lookup by binary search."""
 
     def __init__(self, keys: ArrayLike):
@@ -47,9 +47,9 @@ class Vocab:
 
     def __init__(self, users: ArrayLike, items: ArrayLike, cats: list[str], cat_item_ids: ArrayLike,
                  cat_of_item: ArrayLike):
-        self.users, self.items = _Index(users), _Index(items)
+        self.users, self.items = IdIndex(users), IdIndex(items)
         self.cats = list(cats)
-        self._cat_items = _Index(cat_item_ids)
+        self._cat_items = IdIndex(cat_item_ids)
         order = np.argsort(np.asarray(cat_item_ids, dtype=np.int64), kind="stable")
         # category of the k-th sorted catalogued item, with a leading 0 for unknown items
         self._cat_table = np.r_[0, np.asarray(cat_of_item, dtype=np.int64)[order]]
