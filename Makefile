@@ -9,7 +9,7 @@ setup:
 	@infra/setup.sh
 
 run: setup
-	$(VENV)/mmi ingest
+	infra/run.sh
 
 test: setup
 	$(VENV)/python -m pytest tests
