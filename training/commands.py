@@ -1,8 +1,16 @@
-"""`mmi` subcommands of CTR training: trainset build (platform env) and train / evaluate / experiment
-(run in .venv-train through `training.run_env`), promote."""
+"""`mmi` subcommands of CTR training. `trainset build` runs here (Feast); train, evaluate and experiment
+spawn `training.train` / `training.evaluate` in .venv-train, where petastorm works; promote exits 99 when
+the run does not beat the promoted model (Airflow marks the task skipped)."""
 from __future__ import annotations
 
 import sys
+
+SKIPPED = 99  # Airflow's skip_on_exit_code for `mmi promote`
+
+
+def _fail(err: Exception) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
 
 
 def _trainset_build(args) -> int:
@@ -11,9 +19,75 @@ def _trainset_build(args) -> int:
     try:
         print(trainset.build(name=args.name, start=args.start, end=args.end).line())
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err)
     return 0
+
+
+def _train(args) -> int:
+    from mminterest.config import get_config
+    from training import runs
+
+    try:
+        run_dir, metrics = runs.train(get_config(), args.model, args.trainset, args.seed, args.epochs,
+                                      args.batch_size, args.lr, args.nproc, args.max_steps, args.set)
+    except (FileNotFoundError, runs.RunError) as err:
+        return _fail(err)
+    print(f"run {run_dir.name}: validation AUC {metrics['auc']:.4f} GAUC {metrics['gauc']:.4f} "
+          f"logloss {metrics['logloss']:.4f} -> {run_dir}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from mminterest.config import get_config
+    from training import runs
+
+    cfg = get_config()
+    try:
+        run_dir = runs.run_path(cfg, args.run)
+        trainset = args.trainset or runs.read_metrics(run_dir)["trainset"]
+        runs.spawn("training.evaluate", ["--run", str(run_dir), "--trainset",
+                                         str(runs.trainset_path(cfg, trainset)), "--split", args.split])
+    except (FileNotFoundError, runs.RunError) as err:
+        return _fail(err)
+    return 0
+
+
+def _promote(args) -> int:
+    from mminterest.config import get_config
+    from training import runs
+
+    cfg = get_config()
+    try:
+        promoted, reason = runs.promote(cfg, runs.run_path(cfg, args.run))
+    except (FileNotFoundError, FileExistsError) as err:
+        return _fail(err)
+    print(reason)
+    return 0 if promoted else SKIPPED
+
+
+def _experiment(args) -> int:
+    from mminterest.config import get_config
+    from training import experiment, runs
+
+    try:
+        experiment.run(get_config(), args.models.split(","), args.seeds, args.trainset, args.name, args.epochs,
+                       args.batch_size, args.lr, args.set, args.max_steps, args.nproc)
+    except (FileNotFoundError, runs.RunError) as err:
+        return _fail(err)
+    return 0
+
+
+def _training_args(p, seed: bool = True) -> None:
+    p.add_argument("--trainset", default="default", help="training-set name or directory (default: %(default)s)")
+    if seed:
+        p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-steps", type=int, default=0, help="cap on steps per epoch (0: a full pass)")
+    p.add_argument("--nproc", type=int, default=1, help="processes under torchrun (DDP, gloo)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="ModelConfig overrides, e.g. emb_dim=8 use_mifu=false")
 
 
 def register(sub) -> None:
@@ -25,3 +99,27 @@ def register(sub) -> None:
     build.add_argument("--end", help="end of the event_ts range, ISO, UTC (exclusive)")
     build.add_argument("--name", default="default", help="training-set name (default: %(default)s)")
     build.set_defaults(func=_trainset_build)
+
+    train = sub.add_parser("train", help="train a CTR model (in .venv-train) -> <home>/models/ctr/<run>")
+    train.add_argument("--model", required=True, metavar="NAME",
+                       help="a model of training/models: din, dmae, simtier, ciubm_din, ...")
+    _training_args(train)
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="AUC, GAUC, logloss and the cold-start breakdown of a run")
+    evaluate.add_argument("--run", help="run id or directory (default: the latest run)")
+    evaluate.add_argument("--trainset", help="training set (default: the run's)")
+    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    evaluate.set_defaults(func=_evaluate)
+
+    promote = sub.add_parser("promote", help=f"point the served model at a run if its validation AUC is better "
+                             f"(else exit {SKIPPED})")
+    promote.add_argument("--run", help="run id or directory (default: the latest run)")
+    promote.set_defaults(func=_promote)
+
+    exp = sub.add_parser("experiment", help="models x seeds -> reports/experiments/NAME (results.md/csv, plots)")
+    exp.add_argument("--models", required=True, help="comma-separated model names")
+    exp.add_argument("--seeds", type=int, default=3)
+    exp.add_argument("--name", help="report name (default: UTC time)")
+    _training_args(exp, seed=False)
+    exp.set_defaults(func=_experiment)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["auc", "gauc", "logloss", "by_decile"]
+__all__ = ["auc", "gauc", "logloss", "by_decile", "auc_by_decile", "cold_start"]
 
 
 def _binary(labels) -> np.ndarray:
@@ -110,3 +110,31 @@ def by_decile(values, keys, n: int = 10) -> np.ndarray:
     edges = np.quantile(k, np.arange(1, n) / n)
     out = np.searchsorted(edges, v, side="left").astype(np.int64)
     return np.where(np.isfinite(v), out, -1)
+
+
+def auc_by_decile(labels, scores, values, n: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(AUC, rows, upper edge of `values`) per decile of `values` (e.g. item age), deciles as in
+    `by_decile(values, values)`; AUC is nan for an empty or one-class decile, rows without a finite value
+    are left out."""
+    y = _binary(labels)
+    s = _scores(scores, len(y))
+    v = np.asarray(values, dtype=np.float64).ravel()
+    d = by_decile(v, v, n)
+    out, rows, edge = np.full(n, np.nan), np.zeros(n, np.int64), np.full(n, np.nan)
+    for k in range(n):
+        mine = d == k
+        rows[k] = mine.sum()
+        if rows[k]:
+            out[k], edge[k] = auc(y[mine], s[mine]), v[mine].max()
+    return out, rows, edge
+
+
+def cold_start(labels, scores, item_age_s, known_item, n: int = 10) -> dict:
+    """The cold-start breakdown: AUC per item-age decile (upper edge in days) and AUC on the items
+    without an id embedding (`known_item` False: not in the training vocabulary)."""
+    y, s = _binary(labels), _scores(scores, len(np.asarray(labels).ravel()))
+    aucs, rows, edges = auc_by_decile(y, s, item_age_s, n)
+    new = ~np.asarray(known_item, dtype=bool).ravel()
+    return {"deciles": [{"decile": k, "rows": int(r), "max_age_days": float(e / 86_400.0), "auc": float(a)}
+                        for k, (a, r, e) in enumerate(zip(aucs, rows, edges))],
+            "new_items": {"rows": int(new.sum()), "auc": auc(y[new], s[new]) if new.any() else float("nan")}}

@@ -1,0 +1,114 @@
+"""Training runs seen from the platform env: spawn `training.train` / `training.evaluate` in .venv-train
+(petastorm lives there), name run directories, promote a run (stdlib only: no torch import here).
+
+Runs live under `<models_dir>/ctr/<run_id>`; `cfg.model_dir` (default `ctr/current`) is a symlink to the
+promoted one, replaced atomically, so the ranker's model version is the run id.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mminterest.config import REPO_ROOT, Config
+
+TRAIN_ENV = REPO_ROOT / ".venv-train" / "bin"
+METRICS_FILE = "metrics.json"
+
+
+class RunError(RuntimeError):
+    """A spawned training/evaluation process failed."""
+
+
+def trainset_path(cfg: Config, name: str) -> Path:
+    """The training set `name` (a name under <home>/trainsets, or a directory)."""
+    path = Path(name) if "/" in name else cfg.home / "trainsets" / name
+    if not (path / "meta.json").exists():
+        raise FileNotFoundError(f"no training set at {path}; run `mmi trainset build --name {path.name}` first")
+    return path
+
+
+def new_run_dir(cfg: Config, model: str, seed: int) -> Path:
+    """A fresh `<models_dir>/ctr/<UTC time>-<model>-s<seed>[-k]`."""
+    base = cfg.models_dir / "ctr" / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{model}-s{seed}"
+    path, k = base, 1
+    while path.exists():
+        path, k = base.with_name(f"{base.name}-{k}"), k + 1
+    return path
+
+
+def spawn(module: str, args: list[str], nproc: int = 1) -> None:
+    """Run `python -m module args` with .venv-train's interpreter (under torchrun when nproc > 1);
+    its output streams through. RunError on a non-zero exit."""
+    if nproc > 1:
+        argv = [str(TRAIN_ENV / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "-m", module, *args]
+    else:
+        argv = [str(TRAIN_ENV / "python"), "-m", module, *args]
+    if not Path(argv[0]).exists():
+        raise RunError(f"training environment missing: {argv[0]} (run `make setup`)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(argv, cwd=REPO_ROOT, env=env, stdout=sys.stdout, stderr=sys.stderr)
+    if done.returncode:
+        raise RunError(f"{module} exited {done.returncode}: {' '.join(argv)}")
+
+
+def train(cfg: Config, model: str, trainset: str, seed: int = 0, epochs: int = 1, batch_size: int = 256,
+          lr: float = 1e-3, nproc: int = 1, max_steps: int = 0, overrides: list[str] | None = None,
+          out: Path | None = None) -> tuple[Path, dict]:
+    """Train one model in .venv-train; (run dir, its metrics.json)."""
+    out = out or new_run_dir(cfg, model, seed)
+    args = ["--model", model, "--trainset", str(trainset_path(cfg, trainset)), "--out", str(out),
+            "--seed", str(seed), "--epochs", str(epochs), "--batch-size", str(batch_size), "--lr", str(lr),
+            "--max-steps", str(max_steps)]
+    spawn("training.train", args + (["--set", *overrides] if overrides else []), nproc)
+    return out, read_metrics(out)
+
+
+def read_metrics(run: Path) -> dict:
+    return json.loads((Path(run) / METRICS_FILE).read_text())
+
+
+def latest_run(cfg: Config) -> Path:
+    runs = sorted((p for p in (cfg.models_dir / "ctr").glob("*") if (p / METRICS_FILE).exists()
+                   and not p.is_symlink()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError(f"no trained run under {cfg.models_dir / 'ctr'}")
+    return runs[-1]
+
+
+def promote(cfg: Config, run: Path) -> tuple[bool, str]:
+    """Point `cfg.model_dir` at `run` when its validation AUC beats the promoted model's (or none is
+    promoted); (promoted?, one-line reason)."""
+    run = Path(run).resolve()
+    new = read_metrics(run)["auc"]
+    current = cfg.model_dir
+    if (current / METRICS_FILE).exists():
+        old = read_metrics(current)["auc"]
+        if current.resolve() == run:
+            return False, f"{run.name} is already promoted (validation AUC {new:.4f})"
+        if not new > old:
+            return False, f"kept {current.resolve().name}: validation AUC {old:.4f} >= {new:.4f} of {run.name}"
+        reason = f"promoted {run.name}: validation AUC {new:.4f} > {old:.4f} of {current.resolve().name}"
+    else:
+        reason = f"promoted {run.name}: validation AUC {new:.4f} (nothing promoted before)"
+    current.parent.mkdir(parents=True, exist_ok=True)
+    tmp = current.with_name(f".{current.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run, target_is_directory=True)
+    if current.exists() and not current.is_symlink():
+        raise FileExistsError(f"{current} is a real directory, not a link; move it away to promote")
+    os.replace(tmp, current)
+    return True, reason
+
+
+def run_path(cfg: Config, run: str | None) -> Path:
+    """A run by id (under <models_dir>/ctr) or directory; None: the latest run."""
+    if run is None:
+        return latest_run(cfg)
+    path = Path(run) if "/" in run else cfg.models_dir / "ctr" / run
+    if not (path / METRICS_FILE).exists():
+        raise FileNotFoundError(f"no trained run at {path}")
+    return path
