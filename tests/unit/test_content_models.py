@@ -1,0 +1,326 @@
+"""MIM content models: encoder, C-SFT loss and negatives, pre-training, pair mining, metrics, CLI.
+
+Tiny configs (random small BERT with the packaged MiniLM tokenizer, a 16x16 ViT), all offline.
+Heavy modules import inside the tests so the 2-process gloo workers start fast.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+N, D, K = 4, 8, 3  # pairs per worker, embedding dim, queued batches
+
+
+def tiny_config():
+    from training.content.encoders import EncoderConfig
+
+    return EncoderConfig(dim=16, text_source="tiny", text_max_len=16, tiny_text_hidden=32, tiny_text_layers=2,
+                         text_trainable_layers=1, image_size=16, image_patch=8, image_hidden=32, image_layers=2,
+                         image_heads=2, fusion_hidden=32, dropout=0.0)
+
+
+@pytest.fixture
+def encoder():
+    from training.content.encoders import MultimodalEncoder
+
+    torch.manual_seed(0)
+    return MultimodalEncoder.build(tiny_config())
+
+
+@pytest.fixture
+def catalogue(tmp_path) -> pd.DataFrame:
+    """8 items in 2 categories; 4 real images, one corrupt file, the rest without image."""
+    rng = np.random.default_rng(0)
+    paths: list[str | None] = []
+    for i in range(4):
+        path = tmp_path / f"poster{i}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(rng.integers(0, 255, (20 + i, 14, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    paths += [str(tmp_path / "broken.jpg"), None, None, str(tmp_path / "missing.jpg")]
+    words = ["space war", "space opera", "love story", "love letters", "war drama", "family drama",
+             "toy adventure", "toy story"]
+    return pd.DataFrame({"item_id": np.arange(10, 18, dtype=np.int64), "text": words,
+                         "category": ["a", "a", "b", "b", "a", "b", "a", "b"], "image_path": paths})
+
+
+def _random_outputs(n: int, gen: torch.Generator, grad: bool = False) -> dict[str, torch.Tensor]:
+    out = {key: torch.nn.functional.normalize(torch.randn(n, D, generator=gen), dim=-1)
+           for key in ("fused", "txt", "img")}
+    out["img_mask"] = torch.rand(n, generator=gen) < 0.7
+    out["img"] = out["img"] * out["img_mask"].unsqueeze(-1)
+    if grad:
+        out = {k: v.requires_grad_() if v.is_floating_point() else v for k, v in out.items()}
+    return out
+
+
+def _run_steps(steps: int, seed: int) -> list[int]:
+    from training.content.losses import NegativeQueue, csft_loss
+
+    gen = torch.Generator().manual_seed(seed)
+    queue, counts = NegativeQueue(K), []
+    for _ in range(steps):
+        q, p, n = (_random_outputs(N, gen, grad=True) for _ in range(3))
+        loss, stats = csft_loss(q, p, n, queue)
+        loss.backward()
+        assert torch.isfinite(loss) and q["fused"].grad is not None and p["txt"].grad is not None
+        counts.append(int(stats["n_negatives"]))
+    return counts
+
+
+def test_negative_count_single_worker():
+    counts = _run_steps(K + 2, seed=1)
+    assert counts[0] == 2 * N - 1
+    assert counts[K:] == [2 * N * 1 * (K + 1) - 1] * 2  # 2NP(k+1)-1 with P = 1 once the queue is full
+
+
+def test_false_negative_masking_and_requeued_features():
+    from training.content.losses import NegativeQueue, csft_loss
+
+    gen = torch.Generator().manual_seed(2)
+    q, p, n = (_random_outputs(2, gen, grad=True) for _ in range(3))
+    q["item_id"], p["item_id"], n["item_id"] = torch.tensor([1, 2]), torch.tensor([3, 3]), torch.tensor([1, 4])
+    # candidates [3, 3, 1, 4]: query 0 (item 1) drops the copy of 3 and itself, query 1 drops slot 0
+    _, stats = csft_loss(q, p, n, None)
+    assert stats["n_negatives"] == 3 and stats["n_masked"] == 1.5
+
+    proj = torch.nn.Linear(5, D)
+
+    def heads(txt_feat, img_feat, img_mask):
+        txt = torch.nn.functional.normalize(proj(txt_feat), dim=-1)
+        img = torch.nn.functional.normalize(proj(img_feat), dim=-1) * img_mask.unsqueeze(-1)
+        return {"txt": txt, "img": img, "img_mask": img_mask, "fused": txt}
+
+    queue = NegativeQueue(2)
+    for step in range(3):
+        feats = [{"txt_feat": torch.randn(N, 5, generator=gen), "img_feat": torch.randn(N, 5, generator=gen),
+                  "img_mask": torch.ones(N, dtype=torch.bool)} for _ in range(3)]
+        q, p, n = ({**f, **heads(f["txt_feat"], f["img_feat"], f["img_mask"])} for f in feats)
+        proj.zero_grad()
+        loss, stats = csft_loss(q, p, n, queue, heads=heads)
+        loss.backward()
+    assert set(queue.tensors() or {}) == {"txt_feat", "img_feat", "img_mask"}  # features, not embeddings
+    assert stats["n_negatives"] == 2 * N * 3 - 1 and proj.weight.grad is not None
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from training.content.losses import gather_from_all_workers
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        x = torch.full((3, 2), float(rank), requires_grad=True)
+        gathered = gather_from_all_workers(x)
+        (gathered * torch.arange(1.0, 7.0).unsqueeze(1)).sum().backward()
+        mask = gather_from_all_workers(torch.tensor([True, rank == 1]))
+        counts = _run_steps(K + 1, seed=10 + rank)
+        assert x.grad is not None
+        np.save(os.path.join(out_dir, f"rank{rank}.npy"),
+                np.array([*gathered[:, 0].tolist(), *x.grad[:, 0].tolist(), *mask.tolist(), *counts]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_negative_count_two_workers(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        row = np.load(tmp_path / f"rank{rank}.npy")
+        assert row[:6].tolist() == [0, 0, 0, 1, 1, 1]  # rank order
+        assert row[6:9].tolist() == [1 + 3 * rank, 2 + 3 * rank, 3 + 3 * rank]  # local slice keeps grad
+        assert row[9:13].tolist() == [1, 0, 1, 1]  # bools survive gloo
+        assert row[13] == 2 * N * 2 - 1 and row[-1] == 2 * N * 2 * (K + 1) - 1  # P = 2
+
+
+def test_outputs_normalised_and_missing_images(encoder, catalogue):
+    out = encoder.embed(catalogue["text"].tolist(), catalogue["image_path"].tolist(), batch_size=3)
+    assert out["img_mask"].tolist() == [True] * 4 + [False] * 4  # corrupt, None, absent file -> no image
+    for key in ("txt", "fused"):
+        assert out[key].dtype == np.float32 and out[key].shape == (8, 16)
+        np.testing.assert_allclose(np.linalg.norm(out[key], axis=1), 1.0, atol=1e-5)
+    norms = np.linalg.norm(out["img"], axis=1)
+    np.testing.assert_allclose(norms[:4], 1.0, atol=1e-5)
+    assert (norms[4:] == 0).all()
+
+
+def test_fusion_ignores_masked_image_but_keeps_text(encoder):
+    txt = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
+    img = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
+    no_img = torch.zeros(2, dtype=torch.bool)
+    with torch.no_grad():
+        masked = encoder.fuse(img, no_img, txt)
+        zeroed = encoder.fuse(torch.zeros_like(img), no_img, txt)
+        with_img = encoder.fuse(img, ~no_img, txt)
+    torch.testing.assert_close(masked, zeroed)
+    assert not torch.allclose(masked[0], masked[1])  # text terms survive the missing image
+    assert not torch.allclose(with_img, masked)
+
+
+def test_one_csft_step_reaches_every_trainable_part(encoder, catalogue):
+    from training.content.losses import NegativeQueue, csft_loss
+
+    groups = encoder.param_groups()
+    assert all(groups[part] for part in ("text", "image", "heads"))
+    texts, paths = catalogue["text"].tolist(), catalogue["image_path"].tolist()
+    rows = [0, 2, 4, 1, 3, 5, 6, 7, 0]  # 3 queries, 3 positives, 3 hard negatives
+    encoder.train()
+    out = encoder.encode([texts[r] for r in rows], [paths[r] for r in rows])
+    q, p, n = ({k: v[i * 3:(i + 1) * 3] for k, v in out.items()} for i in range(3))
+    loss, stats = csft_loss(q, p, n, NegativeQueue(2), heads=encoder.heads)
+    loss.backward()
+    assert stats["n_negatives"] == 5 and stats["loss_q2img"] > 0
+    for part, params in groups.items():
+        assert all(prm.grad is not None and torch.isfinite(prm.grad).all() for prm in params), part
+        assert sum(float(prm.grad.abs().sum()) for prm in params) > 0, part
+    named = dict(encoder.named_parameters())
+    top = encoder.text.model.encoder.layer[-1]
+    assert all(prm.grad is not None for prm in top.parameters())
+    assert named["text.model.embeddings.word_embeddings.weight"].grad is None  # frozen by config
+    assert all(prm.grad is not None for prm in encoder.fusion.parameters())
+    assert all(prm.grad is not None for prm in encoder.image_proj.parameters())
+
+
+def test_encoder_version_and_save_load_round_trip(encoder, catalogue, tmp_path):
+    from training.content.encoders import MultimodalEncoder
+
+    version = encoder.encoder_version()
+    assert version == encoder.encoder_version() and len(version) == 16
+    assert encoder.save(tmp_path / "enc") == version
+    loaded = MultimodalEncoder.load(tmp_path / "enc")
+    assert loaded.encoder_version() == version
+    texts, paths = catalogue["text"].tolist(), catalogue["image_path"].tolist()
+    a, b = encoder.embed(texts, paths), loaded.embed(texts, paths)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], atol=1e-6)
+    with torch.no_grad():
+        loaded.fusion[0].bias[0] += 1e-3
+    assert loaded.encoder_version() != version
+
+
+def test_mine_interest_pairs_and_hard_negatives(catalogue):
+    from training.content.csft import hard_negatives, mine_interest_pairs, split_pairs
+
+    t0 = pd.Timestamp("2020-01-01", tz="UTC")
+    minutes = [0, 10, 20, 30, 300, 0, 1, 2]
+    frame = pd.DataFrame({"user_id": [1, 1, 1, 1, 1, 2, 2, 2],
+                          "item_id": [10, 11, 12, 13, 14, 10, 10, 15],
+                          "event_ts": [t0 + pd.Timedelta(minutes=m) for m in minutes],
+                          "label": [1, 1, 0, 1, 1, 1, 1, 1]}).sample(frac=1, random_state=0)
+    pairs = mine_interest_pairs(frame, window=pd.Timedelta(hours=1))
+    # the negative (12) is skipped, the 4.5 h gap breaks 13 -> 14, a repeat of 10 makes no pair
+    assert list(zip(pairs.user_id, pairs.query_item, pairs.pos_item)) == [(1, 10, 11), (1, 11, 13), (2, 10, 15)]
+    numeric = frame.assign(event_ts=(frame["event_ts"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds())
+    assert len(mine_interest_pairs(numeric)) == 3
+    negs = hard_negatives(pairs, catalogue, seed=3)
+    cat = dict(zip(catalogue.item_id, catalogue.category))
+    for (_, row), neg in zip(pairs.iterrows(), negs):
+        assert cat[neg] == cat[row.pos_item] and neg not in (row.pos_item, row.query_item)
+    assert (negs == hard_negatives(pairs, catalogue, seed=3)).all()
+    train, held = split_pairs(pairs, 0.3)
+    assert len(train) + len(held) == 3 and held["event_ts"].min() >= train["event_ts"].max()
+
+
+def test_train_loops_metrics_and_cli(encoder, catalogue, tmp_path):
+    from training.content import cli
+    from training.content.csft import CsftConfig, train_csft
+    from training.content.evaluate import image_text_recall_at_k, interest_recall_at_k
+    from training.content.pretrain import PretrainConfig, pretrain
+
+    before = encoder.encoder_version()
+    summary = pretrain(encoder, catalogue, PretrainConfig(batch_size=4, log_every=1))
+    assert summary["items_with_image"] == 4 and len(summary["dda_loss"]) == 1
+    after_pretrain = encoder.encoder_version()
+    assert after_pretrain != before
+    ids = catalogue["item_id"].tolist()
+    pairs = pd.DataFrame({"query_item": ids, "pos_item": ids[1:] + ids[:1]})
+    summary = train_csft(encoder, catalogue, pairs, CsftConfig(batch_size=2, queue_batches=2, log_every=1))
+    assert summary["steps"] == 4 and summary["n_negatives"] == 2 * 2 * (2 + 1) - 1
+    assert encoder.encoder_version() != after_pretrain
+    assert interest_recall_at_k(encoder, catalogue, pairs, k=7) == 1.0  # 7 = catalogue minus query
+    assert image_text_recall_at_k(encoder, catalogue, k=4) == 1.0
+    assert 0.0 <= interest_recall_at_k(encoder, catalogue, pairs, k=1) <= 1.0
+
+    catalogue.to_parquet(tmp_path / "items.parquet")
+    t0 = pd.Timestamp("2020-01-01", tz="UTC")
+    inter = pd.DataFrame({"user_id": [1] * 8 + [2] * 8, "item_id": ids + ids[::-1],
+                          "event_ts": [t0 + pd.Timedelta(minutes=m) for m in range(16)], "label": 1})
+    inter.to_parquet(tmp_path / "inter.parquet")
+    common = ["--items", str(tmp_path / "items.parquet"), "--interactions", str(tmp_path / "inter.parquet"),
+              "--batch-size", "2", "--max-steps", "1"]
+    encoder.save(tmp_path / "start")
+    assert cli.main(["pretrain", *common, "--out", str(tmp_path / "pre"), "--ckpt", str(tmp_path / "start")]) == 0
+    assert cli.main(["csft", *common, "--out", str(tmp_path / "ft"), "--ckpt", str(tmp_path / "pre")]) == 0
+    assert cli.main(["evaluate", *common, "--out", str(tmp_path / "ev"), "--ckpt", str(tmp_path / "ft")]) == 0
+    assert (tmp_path / "ft" / "encoder.pt").is_file() and (tmp_path / "ev" / "metrics.json").is_file()
+
+
+def test_csft_under_torchrun_two_workers(encoder, catalogue, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from training.content.encoders import MultimodalEncoder
+
+    ids = catalogue["item_id"].tolist()
+    catalogue.to_parquet(tmp_path / "items.parquet")
+    t0 = pd.Timestamp("2020-01-01", tz="UTC")
+    pd.DataFrame({"user_id": [1] * 8 + [2] * 8, "item_id": ids + ids[::-1], "label": 1,
+                  "event_ts": [t0 + pd.Timedelta(minutes=m) for m in range(16)]}).to_parquet(tmp_path / "inter.parquet")
+    start = encoder.save(tmp_path / "start")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "training.content.cli", "csft", "--items", str(tmp_path / "items.parquet"),
+           "--interactions", str(tmp_path / "inter.parquet"), "--ckpt", str(tmp_path / "start"),
+           "--out", str(tmp_path / "ft"), "--batch-size", "2", "--queue-batches", "2", "--heldout-fraction", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
+    # 14 pairs, 7 per worker: 3 steps of N = 2 on P = 2 workers; the queue (k = 2) is full at step 3
+    assert summary["workers"] == 2 and summary["steps"] == 3
+    assert summary["n_negatives"] == 2 * 2 * 2 * (2 + 1) - 1
+    assert MultimodalEncoder.load(tmp_path / "ft").encoder_version() not in (start, "")
+
+
+def test_real_minilm_loads_offline_and_ranks_titles():
+    from training.content.towers import MINILM, TextTower
+
+    tower = TextTower.build(MINILM, max_len=48, tiny_hidden=32, tiny_layers=2).eval()
+    with torch.no_grad():
+        v = torch.nn.functional.normalize(tower(["Star Wars: Episode IV - A New Hope (1977). Action, Sci-Fi",
+                                                 "Star Wars: Episode V - The Empire Strikes Back (1980). Sci-Fi",
+                                                 "Pride and Prejudice (1995). Drama, Romance"]), dim=-1)
+    assert tower.hidden_size == 384
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.1
+
+
+def test_image_tower_from_local_vit_checkpoint(tmp_path, catalogue):
+    import dataclasses
+    import json
+
+    from transformers import ViTConfig, ViTModel
+
+    from training.content.encoders import MultimodalEncoder
+
+    vit = ViTModel(ViTConfig(image_size=24, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, intermediate_size=64), add_pooling_layer=False)
+    vit.save_pretrained(tmp_path / "vit")
+    (tmp_path / "vit" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.4, 0.4, 0.4],
+                                                                          "image_std": [0.2, 0.2, 0.2]}))
+    enc = MultimodalEncoder.build(dataclasses.replace(tiny_config(), image_source=str(tmp_path / "vit")))
+    assert enc.image_size == 24 and float(enc.image.pixel_std.flatten()[0]) == pytest.approx(0.2)
+    cls_token = "embeddings.cls_token"
+    torch.testing.assert_close(enc.image.model.state_dict()[cls_token], vit.state_dict()[cls_token])
+    out = enc.embed(catalogue["text"].tolist()[:3], catalogue["image_path"].tolist()[:3])
+    assert out["img_mask"].all() and out["img"].shape == (3, 16)

@@ -1,0 +1,171 @@
+"""Content-model jobs: `python -m training.content.cli {pretrain,csft,evaluate} --items ... --out DIR`.
+
+Runs in one process or under `torchrun --nproc_per_node=P` (gloo). Inputs are Parquet files read
+with pandas: items (item_id, text, category, image_path: null = no image, relative paths resolve
+against the items file's folder) and interactions (user_id, item_id, event_ts, label).
+pretrain/csft save the encoder (state_dict + config.json with its version) to --out on rank 0,
+evaluate writes metrics.json; every stage writes summary.json and logs a one-line summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pandas as pd  # noqa: E402
+
+log = logging.getLogger("training.content.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.content.cli", description=__doc__.split("\n")[0])
+    parser.add_argument("stage", choices=["pretrain", "csft", "evaluate"])
+    parser.add_argument("--items", required=True, type=Path, help="items Parquet")
+    parser.add_argument("--interactions", type=Path, help="interactions Parquet (csft, evaluate)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    add_options(parser)
+    return parser
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Training / evaluation options shared with `mmi content` (training/content/commands.py)."""
+    parser.add_argument("--ckpt", type=Path, help="encoder folder to start from (default: build a fresh one)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per stage (DDA and DMA each for pretrain)")
+    parser.add_argument("--batch-size", type=int, help="items (pretrain) / pairs (csft) per worker and step")
+    parser.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0 = no cap)")
+    parser.add_argument("--max-items", type=int, default=0, help="keep the N most engaged items (0 = all)")
+    parser.add_argument("--max-pairs", type=int, default=0, help="keep the N latest training pairs (0 = all)")
+    parser.add_argument("--queue-batches", type=int, default=10, help="k: batches kept in the negative queue")
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--beta", type=float, default=0.5)
+    parser.add_argument("--window-minutes", type=float, default=60.0, help="max gap of an interest pair")
+    parser.add_argument("--heldout-fraction", type=float, default=0.1, help="latest share of pairs held out")
+    parser.add_argument("--k", type=int, default=10, help="recall@k")
+    parser.add_argument("--text-source", default="minilm", help='"minilm", "tiny" or a local model folder')
+    parser.add_argument("--image-source", default="", help="local ViT checkpoint folder (default: small ViT)")
+    parser.add_argument("--text-trainable-layers", type=int, default=1)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=7)
+
+
+def read_items(path: Path) -> pd.DataFrame:
+    items = pd.read_parquet(path)
+    if "image_path" in items:
+        def resolve(p):
+            if p is None or p != p or not str(p).strip():
+                return None
+            return str(p) if Path(p).is_absolute() else str((path.parent / p).resolve())
+        items["image_path"] = items["image_path"].map(resolve)
+    return items
+
+
+def most_engaged(items: pd.DataFrame, interactions: pd.DataFrame | None, n: int) -> pd.DataFrame:
+    """The n items with the most positive events (ties and no interactions: lowest item_id)."""
+    if n <= 0 or n >= len(items):
+        return items
+    counts = pd.Series(0, index=items["item_id"].astype("int64"))
+    if interactions is not None:
+        pos = interactions.loc[interactions["label"] == 1, "item_id"].value_counts()
+        counts = counts.add(pos, fill_value=0).loc[counts.index]
+    order = counts.reset_index().set_axis(["item_id", "n"], axis=1).sort_values(["n", "item_id"],
+                                                                                ascending=[False, True])
+    return items[items["item_id"].isin(order["item_id"].head(n))].reset_index(drop=True)
+
+
+def _encoder(args):
+    from training.content.encoders import EncoderConfig, MultimodalEncoder, base_encoder
+
+    if args.ckpt:
+        return MultimodalEncoder.load(args.ckpt)
+    return base_encoder(EncoderConfig(dim=args.dim, text_source=args.text_source, image_source=args.image_source,
+                                      text_trainable_layers=args.text_trainable_layers), seed=args.seed)
+
+
+def _pairs(args, items: pd.DataFrame, interactions: pd.DataFrame, split=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from training.content.csft import mine_interest_pairs, split_pairs
+
+    interactions = interactions[interactions["item_id"].isin(items["item_id"])]
+    pairs = mine_interest_pairs(interactions, pd.Timedelta(minutes=args.window_minutes))
+    train, heldout = split(pairs) if split else split_pairs(pairs, args.heldout_fraction)
+    if args.max_pairs > 0:
+        train = train.tail(args.max_pairs).reset_index(drop=True)
+    log.info("interest pairs: %d mined, %d train, %d held out", len(pairs), len(train), len(heldout))
+    return train, heldout
+
+
+def run(args) -> dict:
+    """The stage on the Parquet inputs of `args`; rank 0 saves to args.out (see module doc)."""
+    interactions = pd.read_parquet(args.interactions) if args.interactions else None
+    return run_frames(args, read_items(args.items), interactions, args.out)
+
+
+def run_frames(args, items: pd.DataFrame, interactions: pd.DataFrame | None, out: Path,
+               split=None) -> dict:
+    """Run `args.stage` on in-memory frames and save to `out` on rank 0: the encoder (pretrain,
+    csft; summary.json) or metrics.json (evaluate). `split(pairs) -> (train, heldout)` overrides
+    the held-out split (default: the latest --heldout-fraction of pairs)."""
+    from training.content import distributed as dist_utils
+    from training.content.trainer import OptimConfig
+
+    items = most_engaged(items, interactions, args.max_items)
+    if args.stage != "pretrain" and interactions is None:
+        raise SystemExit(f"{args.stage} needs --interactions")
+    encoder = _encoder(args)
+    summary: dict = {}
+    if args.stage == "pretrain":
+        from training.content.pretrain import PretrainConfig, pretrain
+
+        pre_cfg = PretrainConfig(dda_epochs=args.epochs, dma_epochs=args.epochs, batch_size=args.batch_size or 64,
+                                 max_steps=args.max_steps, seed=args.seed, optim=OptimConfig())
+        summary = pretrain(encoder, items, pre_cfg)
+    elif args.stage == "csft":
+        from training.content.csft import CsftConfig, train_csft
+
+        train, heldout = _pairs(args, items, interactions, split)
+        ft_cfg = CsftConfig(epochs=args.epochs, batch_size=args.batch_size or 32, queue_batches=args.queue_batches,
+                            alpha=args.alpha, beta=args.beta, max_steps=args.max_steps, seed=args.seed,
+                            optim=OptimConfig())
+        summary = train_csft(encoder, items, train, ft_cfg) | {"heldout_pairs": len(heldout)}
+    elif dist_utils.rank() == 0:
+        from training.content.evaluate import embed_items, image_text_recall_at_k, interest_recall_at_k
+
+        _, heldout = _pairs(args, items, interactions, split)
+        start = time.time()
+        emb = embed_items(encoder, items)
+        summary = {"stage": "evaluate", "items": len(items), "heldout_pairs": len(heldout), "k": args.k,
+                   f"interest_recall@{args.k}": interest_recall_at_k(encoder, items, heldout, args.k, emb),
+                   f"image_text_recall@{args.k}": image_text_recall_at_k(encoder, items, args.k, emb),
+                   "seconds": round(time.time() - start, 1)}
+    if dist_utils.rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        summary["encoder_version"] = encoder.save(out) if args.stage != "evaluate" else encoder.encoder_version()
+        name = "metrics.json" if args.stage == "evaluate" else "summary.json"
+        (out / name).write_text(json.dumps(summary, indent=1, default=str))
+        print(json.dumps(summary, default=str))
+    dist_utils.barrier()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from training.content import distributed as dist_utils
+
+    dist_utils.init_from_env()
+    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s [rank {dist_utils.rank()}] %(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    finally:
+        dist_utils.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""`mmi content {pretrain,csft,evaluate,promote}`: the content-model stages on the project's tables.
+
+Inputs are the Delta tables `items` and `interactions` of the config, read with deltalake into pandas
+(no Spark). Each stage starts from --ckpt (a folder, or a version under <models_dir>/content), else
+from the promoted encoder (cfg.encoder_dir), else from the base encoder. pretrain / csft save the new
+encoder to <models_dir>/content/<encoder_version>/ (with summary.json); evaluate writes
+<reports_dir>/content/<encoder_version>/metrics.json; promote makes cfg.encoder_dir a symlink to a
+saved encoder (what `mmi embed items` and new-item inference then use).
+
+Time split, the same as the CTR evaluation's: the cut is the 80% event-time quantile of the
+interactions (--cut-quantile). C-SFT trains only on interest pairs whose later event lies before the
+cut; the pairs at or after it are the held-out pairs that `evaluate` scores (recall@k).
+Under `torchrun --nproc_per_node=P -m mminterest.cli content csft ...` the stage runs on P workers.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+CONTENT = "content"
+
+
+def _frames(cfg):
+    import pandas as pd
+    from deltalake import DeltaTable
+
+    from spark_jobs.behaviour import require
+
+    require(cfg, "items", "interactions")
+    items = DeltaTable(cfg.table("items")).to_pandas(columns=["item_id", "text", "category", "image_path"])
+    interactions = DeltaTable(cfg.table("interactions")).to_pandas(
+        columns=["user_id", "item_id", "event_ts", "label"])
+    interactions["event_ts"] = pd.to_datetime(interactions["event_ts"], utc=True)
+    return items, interactions
+
+
+def time_cut(interactions, quantile: float):
+    """The event time before which C-SFT may learn: the `quantile` of the interactions' event_ts."""
+    return interactions["event_ts"].quantile(quantile)
+
+
+def split_at(pairs, cut):
+    """(pairs whose positive event is before `cut`, the others)."""
+    before = pairs["event_ts"] < cut
+    return pairs.loc[before].reset_index(drop=True), pairs.loc[~before].reset_index(drop=True)
+
+
+def resolve_encoder(cfg, ref: str | Path | None) -> Path | None:
+    """A saved encoder folder from a path or a version name; default the promoted one (None: base)."""
+    if ref is None:
+        return cfg.encoder_dir if (cfg.encoder_dir / "config.json").is_file() else None
+    for path in (Path(ref), cfg.models_dir / CONTENT / str(ref)):
+        if (path / "config.json").is_file():
+            return path.resolve()
+    raise FileNotFoundError(f"no saved encoder at {ref} (nor {cfg.models_dir / CONTENT / str(ref)})")
+
+
+def _stage(args) -> int:
+    from mminterest.config import get_config
+    from training.content import distributed as dist_utils
+    from training.content.cli import run_frames
+
+    cfg = get_config()
+    items, interactions = _frames(cfg)
+    args.ckpt = resolve_encoder(cfg, args.ckpt)
+    cut = time_cut(interactions, args.cut_quantile)
+    root = (cfg.reports_dir if args.stage == "evaluate" else cfg.models_dir) / CONTENT
+    staging = root / f"_staging-{os.getpid()}"
+    dist_utils.init_from_env()
+    try:
+        summary = run_frames(args, items, interactions, staging, split=lambda pairs: split_at(pairs, cut))
+    finally:
+        dist_utils.shutdown()
+    if dist_utils.rank() != 0:
+        return 0
+    final = root / summary["encoder_version"]
+    if final.exists():  # same weights saved before, or a re-evaluation: keep the newest files
+        shutil.rmtree(final)
+    staging.rename(final)
+    print(f"content {args.stage}: encoder {summary['encoder_version']} (from {args.ckpt or 'base encoder'}), "
+          f"time cut {cut}, written {final}")
+    return 0
+
+
+def promote(cfg, ref: str | Path) -> Path:
+    """Point cfg.encoder_dir at the saved encoder `ref` (symlink, replaced atomically); return the target."""
+    target = resolve_encoder(cfg, ref)
+    assert target is not None
+    link = cfg.encoder_dir
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_dir() and not link.is_symlink():  # a copied encoder from an earlier promotion
+        shutil.rmtree(link)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, link)
+    return target
+
+
+def _promote(args) -> int:
+    from mminterest.config import get_config
+
+    cfg = get_config()
+    try:
+        target = promote(cfg, args.encoder)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"content promote: {cfg.encoder_dir} -> {target}")
+    return 0
+
+
+def register(sub) -> None:
+    from training.content.cli import add_options
+
+    content = sub.add_parser("content", help="content encoders: pre-training, C-SFT, evaluation, promotion")
+    stages = content.add_subparsers(dest="stage", required=True)
+    helps = {"pretrain": "DDA + DMA on the items table -> models/content/<version>",
+             "csft": "C-SFT on interest pairs before the time cut -> models/content/<version>",
+             "evaluate": "recall@k of held-out interest pairs and image-text retrieval -> reports/content/<version>"}
+    for stage, text in helps.items():
+        parser = stages.add_parser(stage, help=text)
+        add_options(parser)
+        parser.add_argument("--cut-quantile", type=float, default=0.8,
+                            help="event-time quantile of interactions splitting train / held-out pairs")
+        parser.set_defaults(func=_stage)
+    parser = stages.add_parser("promote", help="make cfg.encoder_dir point at a saved encoder")
+    parser.add_argument("encoder", help="encoder folder or version under models/content")
+    parser.set_defaults(func=_promote)
