@@ -101,15 +101,16 @@ def register(sub) -> None:
     build.set_defaults(func=_trainset_build)
 
     train = sub.add_parser("train", help="train a CTR model (in .venv-train) -> <home>/models/ctr/<run>")
-    train.add_argument("--model", required=True, metavar="NAME",
-                       help="a model of training/models: din, dmae, simtier, ciubm_din, ...")
+    train.add_argument("--model", default="din", metavar="NAME",
+                       help="a model of training/models: din, dmae, simtier, ciubm_din, ... (default: %(default)s)")
     _training_args(train)
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="AUC, GAUC, logloss and the cold-start breakdown of a run")
     evaluate.add_argument("--run", help="run id or directory (default: the latest run)")
     evaluate.add_argument("--trainset", help="training set (default: the run's)")
-    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    evaluate.add_argument("--split", default="valid", choices=("train", "valid", "test"),
+                          help="default: %(default)s (the split promotion compares on)")
     evaluate.set_defaults(func=_evaluate)
 
     promote = sub.add_parser("promote", help=f"point the served model at a run if its validation AUC is better "
