@@ -63,11 +63,11 @@ class Unavailable(Exception):
 
 class Service:
     """What the endpoints share: the config, the model and the online reader (both opened lazily,
-    retried after a failure), the encoder of new items, and the metrics."""
+    retried after a failure), and the metrics."""
 
     def __init__(self, cfg, features=None, ranker=None):
         self.cfg = cfg
-        self._features, self._ranker, self._encoder = features, ranker, None
+        self._features, self._ranker = features, ranker
         self._lock = threading.Lock()
         self.registry = CollectorRegistry()
         self.requests = Counter("mmi_http_requests", "HTTP requests by route and status",
@@ -104,16 +104,6 @@ class Service:
                     except Exception as err:  # noqa: BLE001  (registry missing, store not applied)
                         raise Unavailable(f"feature store not ready: {err}") from err
         return self._features
-
-    def encoder(self):
-        """The content encoder of new items, loaded once."""
-        if self._encoder is None:
-            with self._lock:
-                if self._encoder is None:
-                    from serving.new_items import load_encoder
-
-                    self._encoder = load_encoder(self.cfg)
-        return self._encoder
 
     def check_store(self) -> None:
         """One read from the online store (an unknown user's history)."""
@@ -288,8 +278,8 @@ def create_app(cfg, *, features=None, ranker=None, max_body_bytes: int = MAX_BOD
         from serving.new_items import NewItemError, add_items  # heavy (encoders): on first use
 
         try:
-            added = await run_in_threadpool(lambda: add_items(
-                cfg, items, encoder=service.encoder(), store=service.features().store))
+            added = await run_in_threadpool(  # the encoder is loaded once per process
+                lambda: add_items(cfg, items, store=service.features().store))
         except NewItemError as err:
             raise HTTPException(422, str(err)) from err
         except UNREACHABLE as err:

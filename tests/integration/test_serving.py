@@ -1,12 +1,16 @@
 """The online ranker against the real app: Feast online store (SQLite and a real redis-server), a tiny
 CTR model trained and saved here, synthetic feature tables. Parity: /rank scores equal the model's
 scores on features recomputed offline from the Delta tables."""
+import base64
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from deltalake import DeltaTable
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from feature_repo import repo, synthetic
 from feature_repo.online import ItemVectors, candidate_features
@@ -16,11 +20,12 @@ from mminterest.config import load_config
 from serving.app import create_app
 from serving.model import Ranker
 from training.batch import make_batch
+from training.content.encoders import EncoderConfig
 from training.models import ModelConfig, build_model
 from training.vocab import Vocab
 
 T0 = pd.Timestamp("2021-03-01", tz="UTC")
-DIMS = {"img": 12, "txt": 10, "fused": 8}
+DIMS = dict.fromkeys(("img", "txt", "fused"), EncoderConfig().dim)  # as POST /items embeds
 SMALL = {"seq_len": 16, "time_slices": 4, "sim_bins": 8, "serve_max_items": 50,
          "serve_token": "s3cret"}
 ITEMS, IN_VOCAB = 60, 50  # items 51..60 are embedded but unknown to the model
@@ -178,6 +183,25 @@ def test_items_needs_the_token_and_rejects_bad_input(served):
     assert bad.status_code == 400
     big = client.post("/items", files={"image": ("a.jpg", b"x" * 5000)}, data=item, headers=auth)
     assert big.status_code == 413
+
+
+def test_new_items_are_embedded_and_ranked_at_once(served):
+    cfg, client = served
+    auth = {"authorization": "Bearer s3cret"}
+    png = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(png, format="PNG")
+    bad = client.post("/items", headers=auth, json={"item_id": 71, "text": "t",
+                                                     "image": base64.b64encode(b"no image").decode()})
+    assert bad.status_code == 422 and "undecodable image" in bad.json()["detail"]
+    added = client.post("/items", headers=auth, data={"item_id": "70", "text": "A new film",
+                                                      "category": "Drama"},
+                        files={"image": ("poster.png", png.getvalue(), "image/png")})
+    assert added.status_code == 200, added.text
+    assert [(a["item_id"], a["has_img"]) for a in added.json()["added"]] == [(70, True)]
+    body = client.post("/rank", json={"user_id": 1, "item_ids": [70, 3]}).json()
+    assert {i["item_id"]: i["status"] for i in body["items"]}[70] == "unknown_item"
+    want = dict(zip([70, 3], _offline_scores(cfg, 1, [70, 3])))  # Delta holds item 70 too
+    assert all(abs(i["score"] - want[i["item_id"]]) <= 1e-5 for i in body["items"])
 
 
 def test_health_readiness_and_metrics(served):
