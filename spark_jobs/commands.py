@@ -40,6 +40,30 @@ def _interest(args) -> int:
     return _gated(lambda: interest_features.run(start=args.start, end=args.end))
 
 
+def _embed_items(args) -> int:
+    from spark_jobs import embed_items
+
+    return _gated(lambda: embed_items.run(batch_size=args.batch_size, int8=args.int8))
+
+
+def _items_add(args) -> int:
+    from pathlib import Path
+
+    from mminterest.config import get_config
+    from serving.new_items import NewItemError, add_items
+
+    image = Path(args.image).read_bytes() if args.image else None
+    try:
+        [row] = add_items(get_config(), [{"item_id": args.id, "text": args.text, "category": args.category,
+                                          "image": image}])
+    except NewItemError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"items add: item {row['item_id']} {row['status']}, encoder {row['encoder_version']}, "
+          f"has_img {row['has_img']}")
+    return 0
+
+
 def register(sub) -> None:
     sub.add_parser("ingest", help="dataset -> Great Expectations gate -> Delta (interactions, "
                    "items, quarantine)").set_defaults(func=_ingest)
@@ -52,3 +76,16 @@ def register(sub) -> None:
     interest.add_argument("--start", help="first event_ts to (re)compute, ISO, UTC (inclusive)")
     interest.add_argument("--end", help="end of the event_ts window, ISO, UTC (exclusive)")
     interest.set_defaults(func=_interest)
+    embed = sub.add_parser("embed", help="compute item embeddings").add_subparsers(dest="what", required=True)
+    items = embed.add_parser("items", help="items -> item_embeddings (img, txt, fused; only new or changed "
+                             "items), gated by Great Expectations")
+    items.add_argument("--batch-size", type=int, default=64, help="items per encoder forward pass")
+    items.add_argument("--int8", action="store_true", help="also report int8 storage: bytes saved, cosine error")
+    items.set_defaults(func=_embed_items)
+    new = sub.add_parser("items", help="new items").add_subparsers(dest="action", required=True)
+    add = new.add_parser("add", help="embed one new item and publish it to Delta and the online store now")
+    add.add_argument("--id", type=int, required=True, help="item_id")
+    add.add_argument("--text", required=True)
+    add.add_argument("--category")
+    add.add_argument("--image", help="image file (JPEG/PNG)")
+    add.set_defaults(func=_items_add)

@@ -4,6 +4,7 @@ Writes go through delta-spark when its JVM classes are on the classpath, else th
 (`deltalake`): Spark stages Parquet in parallel, then the driver streams those files as Arrow
 record batches into ONE Delta commit (never the whole table in driver memory). Reads return a
 Spark DataFrame over the table's live files only (superseded files of older versions are ignored).
+`merge_arrow` upserts a small Arrow table without Spark (new-item inference).
 """
 from __future__ import annotations
 
@@ -79,6 +80,18 @@ def merge(df: DataFrame, path: str, keys: Sequence[str]) -> int:
         with _staged(df, path) as reader:
             (DeltaTable(path).merge(reader, condition, source_alias="s", target_alias="t")
              .when_matched_update_all().when_not_matched_insert_all().execute())
+    return DeltaTable(path).version()
+
+
+def merge_arrow(table: pa.Table, path: str, keys: Sequence[str]) -> int:
+    """Spark-free upsert of an Arrow table on `keys` with delta-rs (small writes, e.g. new items in
+    a request); creates the table when absent. One commit; returns the version."""
+    if not exists(path):
+        write_deltalake(path, table, mode="overwrite")
+    else:
+        condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        (DeltaTable(path).merge(table, condition, source_alias="s", target_alias="t")
+         .when_matched_update_all().when_not_matched_insert_all().execute())
     return DeltaTable(path).version()
 
 
