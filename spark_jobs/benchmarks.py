@@ -1,10 +1,12 @@
 """Benchmarks of the Spark jobs (light module: heavy imports happen inside each function)."""
 from __future__ import annotations
 
+import os
 import time
 
 BENCHMARKS = {"delta-write": "spark_jobs.benchmarks:delta_write",
-              "interest-features": "spark_jobs.benchmarks:interest_features"}
+              "interest-features": "spark_jobs.benchmarks:interest_features",
+              "embed-items": "spark_jobs.benchmarks:embed_items"}
 
 
 def delta_write() -> dict:
@@ -160,3 +162,49 @@ def _numpy_interest(cfg):
 
 # infra: the same job on a 1-worker vs 2-worker standalone cluster (infra/scaling.py)
 BENCHMARKS["scaling-ingest"] = "infra.scaling:scaling_ingest"
+
+
+def embed_items(n_items: int = 512, batch_size: int = 64) -> dict:
+    """Items/s of the embedding job's inference stage (mapInPandas over the first `n_items` real
+    items, model loaded once per Python worker: timed warm, after a first run loaded it) against a
+    bare single-process torch loop (the same encoder, batch size, items, image files), side by side,
+    interleaved, best of 2 each; the outputs are compared."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    from deltalake import DeltaTable
+
+    from mminterest.config import get_config
+    from spark_jobs import embed_items as job
+    from spark_jobs.session import get_spark
+    from training.content.encoders import load_or_base
+
+    cfg = get_config()
+    spark = get_spark("mmi-bench-embed", cfg)
+    folder = str(cfg.encoder_dir.resolve()) if cfg.encoder_dir.exists() else str(cfg.encoder_dir)
+    encoder = load_or_base(folder, cfg.seed)
+    version = encoder.encoder_version()
+    items = DeltaTable(cfg.table("items")).to_pandas(columns=["item_id", "text", "image_path"])
+    items = items.sort_values("item_id").head(n_items).reset_index(drop=True)
+    now = pd.Timestamp.now(tz="UTC")
+    items = items.assign(content_hash="", valid_from_ts=now, updated_ts=now)
+    slots = spark.sparkContext.defaultParallelism
+    frame = spark.createDataFrame(items).repartition(slots).persist()
+    frame.count()
+    threads = max(1, (os.cpu_count() or 1) // slots)
+    embedded = frame.mapInPandas(job.embedder(folder, version, cfg.seed, batch_size, threads), job.OUT_SCHEMA)
+    embedded.write.format("noop").mode("overwrite").save()  # loads the model in each worker
+    torch.set_num_threads(os.cpu_count() or 1)
+    spark_s = torch_s = float("inf")
+    texts, paths = items["text"].tolist(), items["image_path"].tolist()
+    for _ in range(2):
+        spark_s = min(spark_s, _timed(lambda: embedded.write.format("noop").mode("overwrite").save())[0])
+        seconds, ref = _timed(lambda: encoder.embed(texts, paths, batch_size=batch_size))
+        torch_s = min(torch_s, seconds)
+    got = embedded.toPandas().set_index("item_id").loc[items["item_id"]]
+    diff = float(np.abs(np.stack(got["fused"].to_numpy()) - ref["fused"]).max())
+    frame.unpersist()
+    return {"items": len(items), "with_image": int(items["image_path"].notna().sum()), "batch_size": batch_size,
+            "encoder_version": version, "spark_partitions": slots, "torch_threads_per_worker": threads,
+            "spark_items_per_s": round(len(items) / spark_s, 1), "torch_items_per_s": round(len(items) / torch_s, 1),
+            "ratio_spark_over_torch": round(torch_s / spark_s, 3), "goal_ratio": 0.9, "max_abs_diff_fused": diff}
