@@ -42,7 +42,7 @@ class ItemVectors:
 
         table = pq.read_table(Path(root) / "item_mm")
         ids = table["item_id"].to_numpy()
-        fused = np.stack(table["fused"].to_pylist()).astype(np.float32)
+        fused = table["fused"].combine_chunks().flatten().to_numpy().astype(np.float32).reshape(len(ids), -1)
         self.index = IdIndex(ids)
         self.table = np.zeros((len(self.index) + 1, fused.shape[1]), np.float32)
         self.table[self.index.lookup(ids)] = fused
