@@ -1,0 +1,275 @@
+"""Benchmarks of the online ranker (light module: heavy imports happen inside each function)."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+BENCHMARKS = {"serve-load": "serving.benchmarks:serve_load"}
+
+REQUESTS, WARMUP, CONCURRENCY, CANDIDATES = 400, 40, 4, 200
+GOAL_P99_MS = 25.0
+
+
+def serve_load() -> dict:
+    """Latency and throughput of POST /rank (one user with a full T = 64 history, 200 candidates,
+    img + txt) through `mmi serve` in a subprocess over a throw-away redis-server, driven on loopback
+    by httpx clients (REQUESTS after WARMUP, one client, then CONCURRENCY at once), side by side
+    with the plain Feast reads of the same entities (`get_online_features` of the user's history,
+    then of the T + 200 items' vectors), in this process, no HTTP, no cache, no model.
+
+    Data: the project's feature tables when `<home>/FEATURES_READY` exists, else synthetic tables
+    (random vectors of the production widths); model: the promoted one when it fits the data,
+    else an untrained ciubm_dmae of that vocabulary (same cost per request). Writes a latency PNG
+    next to the JSON."""
+    import os
+    import tempfile
+
+    from infra.redis_server import RedisServer
+    from mminterest.config import get_config
+
+    cfg = get_config()
+    load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
+    with tempfile.TemporaryDirectory(prefix="mmi-serve-bench-") as tmp, RedisServer() as redis:
+        bench, data, user, items = _setup(cfg, Path(tmp), redis.url)
+        model = _model(cfg, bench, Path(tmp) / "model")
+        with _server(bench, Path(tmp)) as url:
+            request = {"user_id": user, "item_ids": items}
+            serve = {c: _load(url, request, c) for c in (1, CONCURRENCY)}
+            server_side = _server_times(url)
+        feast = {c: _feast_load(bench, user, items, c) for c in (1, CONCURRENCY)}
+    png = _plot(cfg.reports_dir / "bench" / "serve-load.png", serve, feast)
+    result = {"data": data, "model": model, "load_avg_1m_before": load_before, "user_id": user, "candidates": len(items),
+              "requests": REQUESTS, "concurrency": [1, CONCURRENCY]}
+    for name, runs in (("serve", serve), ("feast", feast)):
+        for c, run in runs.items():
+            result.update({f"{name}_c{c}_{k}": v for k, v in run.items() if k != "latencies_ms"})
+    result.update(server_side)
+    result.update({
+        "ratio_p99_serve_over_feast_c1": round(serve[1]["p99_ms"] / feast[1]["p99_ms"], 3),
+        "ratio_throughput_serve_over_feast_c%d" % CONCURRENCY: round(
+            serve[CONCURRENCY]["rps"] / feast[CONCURRENCY]["rps"], 3),
+        "goal_p99_ms": GOAL_P99_MS, "goal_met_c1": serve[1]["p99_ms"] <= GOAL_P99_MS,
+        "plot": str(png)})
+    print(f"serve-load: /rank p50 {serve[1]['p50_ms']} ms, p99 {serve[1]['p99_ms']} ms, "
+          f"{serve[CONCURRENCY]['rps']} req/s at {CONCURRENCY} concurrent | Feast reads p50 "
+          f"{feast[1]['p50_ms']} ms, p99 {feast[1]['p99_ms']} ms, {feast[CONCURRENCY]['rps']} "
+          f"req/s | ratio p99 {result['ratio_p99_serve_over_feast_c1']}")
+    return result
+
+
+def _setup(cfg, tmp, redis_url):
+    """(config of a home over Redis with applied, materialised tables; data description; a user
+    with a full history; CANDIDATES item ids)."""
+    import dataclasses
+
+    import numpy as np
+    from deltalake import DeltaTable
+
+    from feature_repo import repo
+    from feature_repo.store_config import open_store
+
+    bench = dataclasses.replace(cfg, home=tmp / "home", online_store="redis", redis_url=redis_url,
+                                model_dir=tmp / "model")
+    names = ("item_embeddings", "user_behaviour", "interest_features")
+    if (cfg.home / "FEATURES_READY").exists():
+        for name in names:  # read-only: link the project's tables into the temporary home
+            link = Path(bench.table(name))
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(cfg.table(name), target_is_directory=True)
+        data = "project feature tables (" + ", ".join(names) + ")"
+    else:
+        _synthetic_tables(bench)
+        data = "SYNTHETIC tables (random vectors img 768, txt 384, fused 256; 50 users, 5000 items)"
+    store = open_store(bench)
+    repo.apply(store)
+    repo.materialize(store)
+    states = DeltaTable(bench.table("user_behaviour")).to_pandas(columns=["user_id", "hist_len"])
+    user = int(states.sort_values("hist_len", kind="stable").user_id.iloc[-1])
+    emb = DeltaTable(bench.table("item_embeddings")).to_pandas(columns=["item_id"])
+    rng = np.random.default_rng(cfg.seed)
+    items = rng.choice(emb.item_id.to_numpy(), size=CANDIDATES, replace=False)
+    return bench, data, user, sorted(map(int, items))
+
+
+def _synthetic_tables(bench) -> None:
+    import pandas as pd
+
+    from feature_repo import synthetic
+    from feature_repo.benchmarks import DIMS
+
+    interactions = synthetic.random_interactions(users=50, items=5000, rows=20_000,
+                                                 start=pd.Timestamp("2024-01-01", tz="UTC"),
+                                                 seed=bench.seed)
+    synthetic.write_tables(bench, interactions, DIMS, without_img=range(1, 5001, 3))
+
+
+def _model(cfg, bench, out) -> str:
+    """Link the promoted model into `out` when it fits the data, else save an untrained one."""
+    import json
+
+    import numpy as np
+    from deltalake import DeltaTable
+
+    from training.models import ModelConfig, build_model
+    from training.vocab import Vocab
+
+    emb = DeltaTable(bench.table("item_embeddings")).to_pandas(columns=["item_id", "fused"])
+    dim = len(next(v for v in emb.fused if v is not None))
+    promoted = cfg.model_dir / "config.json"
+    if promoted.exists():
+        saved = json.loads(promoted.read_text())
+        if saved["config"]["mm_dim"] == dim and saved["config"]["T"] == cfg.seq_len:
+            out.symlink_to(cfg.model_dir, target_is_directory=True)
+            return f"promoted {saved['model']} ({cfg.model_dir.resolve().name})"
+    users = DeltaTable(bench.table("user_behaviour")).to_pandas(columns=["user_id"]).user_id
+    items = emb.item_id.to_numpy()
+    vocab = Vocab(users.unique(), items, ["c1", "c2"], items, 1 + items % 2)
+    model = build_model("ciubm_dmae", ModelConfig(
+        n_users=vocab.n_users, n_items=vocab.n_items, n_cats=vocab.n_cats, T=cfg.seq_len,
+        l=cfg.time_slices, n=cfg.sim_bins, mm_dim=dim))
+    model.save(out)
+    vocab.save(out)
+    return "untrained ciubm_dmae (no promoted model fitting the data)"
+
+
+@contextmanager
+def _server(bench, tmp):
+    """`mmi serve` in a subprocess on a free loopback port, over `bench`; yields its base URL."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from infra.procs import free_port
+
+    port = free_port()
+    env = {**os.environ, "MMI_HOME": str(bench.home), "MMI_ONLINE_STORE": "redis",
+           "MMI_REDIS_URL": bench.redis_url, "MMI_MODEL_DIR": str(bench.model_dir),
+           "MMI_SEQ_LEN": str(bench.seq_len), "MMI_TIME_SLICES": str(bench.time_slices),
+           "MMI_SIM_BINS": str(bench.sim_bins), "MMI_SERVE_MAX_ITEMS": str(CANDIDATES)}
+    log = open(tmp / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "mminterest.cli", "serve", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("mmi serve did not get ready:\n"
+                                   + (tmp / "serve.log").read_text()[-3000:])
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _stats(latencies: list[float], seconds: float) -> dict:
+    import numpy as np
+
+    ms = np.asarray(latencies) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "rps": round(len(ms) / seconds, 1), "latencies_ms": ms}
+
+
+def _run(call, concurrency: int) -> dict:
+    """WARMUP calls, then REQUESTS calls spread over `concurrency` threads, each timed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(WARMUP):
+        call()
+
+    def worker(n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            started = time.perf_counter()
+            call()
+            out.append(time.perf_counter() - started)
+        return out
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        parts = list(pool.map(worker, [REQUESTS // concurrency] * concurrency))
+    return _stats([x for p in parts for x in p], time.perf_counter() - started)
+
+
+def _load(url: str, request: dict, concurrency: int) -> dict:
+    import threading
+
+    import httpx
+
+    local = threading.local()  # one keep-alive client per thread
+
+    def call():
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=url, timeout=30)
+        got = local.client.post("/rank", json=request)
+        if got.status_code != 200 or len(got.json()["items"]) != len(request["item_ids"]):
+            raise RuntimeError(f"/rank answered {got.status_code}: {got.text[:300]}")
+
+    return _run(call, concurrency)
+
+
+def _feast_load(bench, user: int, items: list[int], concurrency: int) -> dict:
+    """The same entities read with plain `get_online_features`: the user's history, then the
+    vectors of its items and the candidates (no cache, no feature math, no model)."""
+    from feature_repo.store_config import open_store
+
+    store = open_store(bench)
+    user_refs = ["user_behaviour:hist_item_ids", "user_behaviour:hist_len"]
+    item_refs = ["item_embeddings:img", "item_embeddings:txt", "item_embeddings:fused"]
+
+    def call():
+        hist = store.get_online_features(user_refs, entity_rows=[{"user_id": user}]).to_dict()
+        ids = list(hist["hist_item_ids"][0] or ()) + items
+        store.get_online_features(item_refs, entity_rows=[{"item_id": i} for i in ids]).to_dict()
+
+    return _run(call, concurrency)
+
+
+def _server_times(url: str) -> dict:
+    """Mean feature-fetch and model time per /rank, from the server's /metrics."""
+    import httpx
+
+    values = {}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.endswith(("_sum", "_count")) and name.startswith(("mmi_feature", "mmi_model")):
+            values[name] = float(value)
+    return {f"server_mean_{kind}_ms": round(1000 * values[f"mmi_{kind}_seconds_sum"]
+                                            / values[f"mmi_{kind}_seconds_count"], 2)
+            for kind in ("feature_fetch", "model")}
+
+
+def _plot(path, serve: dict, feast: dict):
+    """Latency CDFs of every run, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, runs in (("POST /rank", serve), ("Feast get_online_features", feast)):
+        for c, run in runs.items():
+            ms = np.sort(run["latencies_ms"])
+            ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=f"{name}, {c} concurrent")
+    ax.axvline(GOAL_P99_MS, color="grey", linestyle=":", label=f"goal p99 {GOAL_P99_MS:g} ms")
+    ax.axhline(0.99, color="grey", linewidth=0.5)
+    ax.set(xscale="log", xlabel="latency (ms)", ylabel="fraction of requests",
+           title=f"1 user, {CANDIDATES} candidates, T = 64, img + txt, Redis")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
