@@ -12,6 +12,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from itertools import product
 from pathlib import Path
 
@@ -29,9 +30,9 @@ def _std(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def run(cfg: Config | None = None, models: list[str] = ("din",), seeds: int = 3, trainset: str = "default",
+def run(cfg: Config | None = None, models: Sequence[str] = ("din",), seeds: int = 3, trainset: str = "default",
         name: str | None = None, epochs: int = 1, batch_size: int = 256, lr: float = 1e-3,
-        overrides: list[str] = (), max_steps: int = 0, nproc: int = 1) -> Path:
+        overrides: Sequence[str] = (), max_steps: int = 0, nproc: int = 1) -> Path:
     """Train every model with seeds cfg.seed .. cfg.seed + seeds - 1; write the report; return its folder."""
     cfg = cfg or get_config()
     root = runs.trainset_path(cfg, trainset)

@@ -21,7 +21,7 @@ import torch
 from torch import distributed as dist
 from torch.nn import functional as F
 
-from training.loader import make_loader, meta
+from training.loader import TrainsetBatches, make_loader, meta
 from training.metrics import auc, gauc, logloss
 from training.models import CTRModel, ModelConfig, build_model
 from training.vocab import VOCAB_FILE, Vocab
@@ -78,11 +78,12 @@ def train(root: str | Path, model_name: str, out: str | Path, seed: int = 0, epo
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     loader = make_loader(root, "train", batch_size // world, shuffle=True, seed=seed, rank=rank, world=world,
                          vocab=vocab)
+    batches: TrainsetBatches = loader.dataset  # type: ignore[assignment]
     steps = max(1, info["rows"]["train"] // batch_size)  # the same on every rank: no rank waits on another
     steps = min(steps, max_steps) if max_steps > 0 else steps
     started, seen = time.time(), 0
     for epoch in range(epochs):
-        loader.dataset.set_epoch(epoch)
+        batches.set_epoch(epoch)
         net.train()
         total = 0.0
         for step, batch in zip(range(steps), loader):
@@ -113,8 +114,8 @@ def finish(model: CTRModel, root, out, model_name: str, seed: int, epochs: int, 
     out = Path(out)
     model.save(out)
     shutil.copy(Path(root) / VOCAB_FILE, out / VOCAB_FILE)
-    np.savez(out / "test_predictions.npz", **test)
-    metrics = {**scores(valid), "test": scores(test), "model": model_name, "trainset": str(Path(root).resolve()),
+    np.savez(out / "test_predictions.npz", **test)  # type: ignore[arg-type]
+    metrics: dict = {**scores(valid), "test": scores(test), "model": model_name, "trainset": str(Path(root).resolve()),
                "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "world": world,
                "overrides": overrides, "train_seconds": round(train_s, 2),
                "train_samples_per_s": round(seen / max(train_s, 1e-9), 1)}

@@ -173,5 +173,5 @@ def build(cfg: Config | None = None, name: str = "default", start: str | None = 
             "n_items": vocab.n_items, "n_cats": vocab.n_cats, "positive_rate": float(entities["label"].mean()),
             "restored_rows": int(frame.attrs.get("restored_rows", 0))}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return Summary(name, str(out), counts, vocab.n_users - 1, vocab.n_items - 1, cuts, meta["restored_rows"],
-                   time.time() - t0)
+    return Summary(name, str(out), counts, vocab.n_users - 1, vocab.n_items - 1, cuts,
+                   int(frame.attrs.get("restored_rows", 0)), time.time() - t0)
