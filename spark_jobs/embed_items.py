@@ -177,9 +177,9 @@ def compute(spark: SparkSession, cfg: Config, encoder_dir: str, version: str, ba
         hashed = hashed.join(stored, ["item_id", "content_hash"], "left_anti")
     hashed = hashed.persist()
     rows_in, todo = items.count(), hashed.count()
-    slots = spark.sparkContext.defaultParallelism
-    parts = max(1, min(slots, math.ceil(todo / batch_size)))
-    threads = max(1, (os.cpu_count() or 1) // parts) if cfg.spark_master.startswith("local") else 1
+    slots = spark.sparkContext.defaultParallelism  # concurrent tasks; up to 4 partitions each for progress
+    parts = max(1, min(4 * slots, math.ceil(todo / batch_size)))
+    threads = max(1, (os.cpu_count() or 1) // min(slots, parts)) if cfg.spark_master.startswith("local") else 1
     embedded = hashed.repartition(parts).mapInPandas(
         embedder(encoder_dir, version, cfg.seed, batch_size, threads), OUT_SCHEMA)
     return embedded, rows_in, todo

@@ -38,6 +38,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     """Training / evaluation options shared with `mmi content` (training/content/commands.py)."""
     parser.add_argument("--ckpt", type=Path, help="encoder folder to start from (default: build a fresh one)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per stage (DDA and DMA each for pretrain)")
+    parser.add_argument("--dma-epochs", type=int, help="pretrain: DMA epochs (default: --epochs)")
     parser.add_argument("--batch-size", type=int, help="items (pretrain) / pairs (csft) per worker and step")
     parser.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0 = no cap)")
     parser.add_argument("--max-items", type=int, default=0, help="keep the N most engaged items (0 = all)")
@@ -122,7 +123,8 @@ def run_frames(args, items: pd.DataFrame, interactions: pd.DataFrame | None, out
     if args.stage == "pretrain":
         from training.content.pretrain import PretrainConfig, pretrain
 
-        pre_cfg = PretrainConfig(dda_epochs=args.epochs, dma_epochs=args.epochs, batch_size=args.batch_size or 64,
+        dma_epochs = args.epochs if args.dma_epochs is None else args.dma_epochs
+        pre_cfg = PretrainConfig(dda_epochs=args.epochs, dma_epochs=dma_epochs, batch_size=args.batch_size or 64,
                                  max_steps=args.max_steps, seed=args.seed, optim=OptimConfig())
         summary = pretrain(encoder, items, pre_cfg)
     elif args.stage == "csft":
