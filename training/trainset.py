@@ -147,7 +147,7 @@ def build(cfg: Config | None = None, name: str = "default", start: str | None = 
             "event_ts": entities["event_timestamp"].array, "label": entities["label"].to_numpy(np.int32),
             "category": entities["item_id"].map(catalogue).fillna("").to_numpy(object), "item_age_s": age}
 
-    ts = entities["event_timestamp"].astype("int64").to_numpy()
+    ts = entities["event_timestamp"].dt.as_unit("ns").astype("int64").to_numpy()
     cut_ns = [int(np.quantile(ts, q)) for q in CUTS]
     split = np.searchsorted(np.asarray(cut_ns), ts, side="right")  # 0 train, 1 valid, 2 test
     out = trainset_dir(cfg, name)

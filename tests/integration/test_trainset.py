@@ -50,6 +50,9 @@ def test_every_row_once_in_time_ordered_splits(built):
 
     assert keys(pd.concat(parts.values())) == keys(interactions)
     assert "trainset t1: rows 400" in summary.line()
+    cuts = [pd.Timestamp(c) for c in summary.cuts]
+    assert parts["train"].event_ts.max() < cuts[0] <= parts["valid"].event_ts.min()
+    assert parts["valid"].event_ts.max() < cuts[1] <= parts["test"].event_ts.min()
 
 
 def test_vocab_comes_from_the_train_part(built):
