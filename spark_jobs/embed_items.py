@@ -163,8 +163,8 @@ class _Progress(threading.Thread):
                          stage.numCompletedTasks, stage.numTasks)
 
 
-def compute(spark: SparkSession, cfg: Config, encoder_dir: str, version: str, batch_size: int,
-            only_changed: bool = True) -> tuple[DataFrame, int, int]:
+def compute(spark: SparkSession, cfg: Config, encoder_dir: str, version: str,
+            batch_size: int) -> tuple[DataFrame, int, int]:
     """(embedded rows, items read, rows to embed): items hashed, the unchanged ones left out, the
     rest repartitioned and embedded by mapInPandas. The frame is lazy; the counts are computed."""
     items = delta_io.read(spark, cfg.table("items"))
@@ -172,7 +172,7 @@ def compute(spark: SparkSession, cfg: Config, encoder_dir: str, version: str, ba
     hashed = items.select("item_id", "text", "image_path",
                           _hashes(version)("text", "category", "image_path").alias("content_hash"),
                           F.coalesce("first_seen_ts", now).alias("valid_from_ts"), now.alias("updated_ts"))
-    if only_changed and delta_io.exists(cfg.table(TABLE)):
+    if delta_io.exists(cfg.table(TABLE)):
         stored = delta_io.read(spark, cfg.table(TABLE)).select("item_id", "content_hash")
         hashed = hashed.join(stored, ["item_id", "content_hash"], "left_anti")
     hashed = hashed.persist()
