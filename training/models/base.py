@@ -61,6 +61,7 @@ class ModelConfig:
     use_id: bool = True  # backbone ID interest
     use_content: bool = True  # sum_i a_ti^MM proj(h_i^MM)
     use_fusion: bool = True  # sum_i a_ti^MM h_i^ID
+    ciubm_mean: bool = False  # divide a_ti^MM by the history length (a mean, not the paper's sum)
 
     def __post_init__(self) -> None:
         for name in ("n_users", "n_items", "n_cats", "emb_dim", "T", "l", "n", "mm_dim", "n_heads", "n_layers",

@@ -4,6 +4,8 @@ h_B = concat(h_ID [use_id], sum_i a_ti proj(h_i^MM) [use_content], sum_i a_ti h_
 a_ti = cos(target_mm, hist_mm_i) over the real history positions (0 where a vector is all zero, e.g. an
 item without content). h_ID is the backbone's interest (its auxiliary loss is passed on); h_i^ID are the
 backbone's history item embeddings, shared. CiUBM has its own head; the backbone's head is unused.
+With `ciubm_mean` the weights are divided by the history length, so both sums become means (their scale
+then no longer grows with the history: with cosines around 0.5 a 64-item sum is ~30x one item).
 """
 from __future__ import annotations
 
@@ -46,9 +48,13 @@ class CiUBM(CTRModel):
         return tuple(dict.fromkeys(keys))
 
     def content_weights(self, batch: Batch) -> Tensor:
-        """a_ti (B, T): cosine of target and history multimodal vectors, 0 at padded positions."""
+        """a_ti (B, T): cosine of target and history multimodal vectors, 0 at padded positions; divided by
+        the history length with `ciubm_mean`."""
         a = F.cosine_similarity(batch["target_mm"].unsqueeze(1), batch["hist_mm"], dim=-1, eps=1e-8)
-        return a * batch["hist_mask"].to(a.dtype)
+        mask = batch["hist_mask"].to(a.dtype)
+        if self.cfg.ciubm_mean:
+            mask = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return a * mask
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
         parts: list[Tensor] = []
