@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from starlette.datastructures import UploadFile
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,9 @@ async def _new_items(request: Request) -> list[dict]:
         raw = {k: v for k, v in form.items() if k != "image"}
         if "item_id" in raw:
             raw["item_id"] = _int(raw["item_id"])
-        raw["image"] = await image.read() if hasattr(image, "read") else None
+        if image is not None and not isinstance(image, UploadFile):
+            raise HTTPException(422, "image: expected a file part")
+        raw["image"] = await image.read() if image is not None else None
         rows = [raw]
     elif ctype.startswith("application/json"):
         try:
@@ -265,8 +268,8 @@ def create_app(cfg, *, features=None, ranker=None, max_body_bytes: int = MAX_BOD
         return JSONResponse({"detail": str(exc)}, 503)
 
     @app.post("/rank")
-    def post_rank(request: RankRequest) -> dict:
-        return rank(service, request)
+    def post_rank(request: RankRequest) -> JSONResponse:
+        return JSONResponse(rank(service, request))  # plain JSON types: no response validation
 
     @app.post("/items")
     async def post_items(request: Request, authorization: str | None = Header(None)) -> dict:

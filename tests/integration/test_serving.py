@@ -181,6 +181,8 @@ def test_items_needs_the_token_and_rejects_bad_input(served):
     assert bad.status_code == 422 and "item_id" in bad.json()["detail"]
     bad = client.post("/items", content=b"{", headers={**auth, "content-type": "application/json"})
     assert bad.status_code == 400
+    bad = client.post("/items", data=item, files={"image": (None, "not a file")}, headers=auth)
+    assert bad.status_code == 422 and "file" in bad.json()["detail"]
     big = client.post("/items", files={"image": ("a.jpg", b"x" * 5000)}, data=item, headers=auth)
     assert big.status_code == 413
 
