@@ -3,18 +3,24 @@ CTR model trained and saved here, synthetic feature tables. Parity: /rank scores
 scores on features recomputed offline from the Delta tables."""
 import base64
 import io
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from deltalake import DeltaTable
+import httpx
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from feature_repo import repo, synthetic
 from feature_repo.online import ItemVectors, candidate_features
 from feature_repo.store_config import open_store
+from infra.procs import free_port
 from infra.redis_server import RedisServer
 from mminterest.config import load_config
 from serving.app import create_app
@@ -242,3 +248,26 @@ def test_redis_outage_gives_503_and_the_service_recovers(tmp_path, model_dir):
             assert client.get("/readyz").status_code == 200
             repo.materialize(store, full=True)
             assert client.post("/rank", json=request).json() == before
+
+
+def test_mmi_serve_answers_on_loopback(tmp_path, model_dir):
+    cfg, _ = _home(tmp_path, model_dir, "sqlite")
+    port = free_port()
+    env = {**os.environ, "MMI_HOME": str(cfg.home), "MMI_MODEL_DIR": str(model_dir),
+           **{f"MMI_{k.upper()}": str(v) for k, v in SMALL.items()}}
+    proc = subprocess.Popen([sys.executable, "-m", "mminterest.cli", "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        got = httpx.post(url + "/rank", json={"user_id": 1, "item_ids": [1, 2, 3]})
+        assert got.status_code == 200 and len(got.json()["items"]) == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
