@@ -88,9 +88,15 @@ class Service:
                     from serving.model import Ranker
 
                     try:
-                        self._ranker = Ranker.load(self.cfg.model_dir)
+                        ranker = Ranker.load(self.cfg.model_dir)
                     except (OSError, ValueError, RuntimeError, KeyError) as err:
                         raise Unavailable(f"model not loaded: {err}") from err
+                    model, cfg = ranker.model.cfg, self.cfg
+                    if (model.T, model.l, model.n) != (cfg.seq_len, cfg.time_slices, cfg.sim_bins):
+                        raise Unavailable(f"model not loaded: it takes T, l, n = {model.T}, "
+                                          f"{model.l}, {model.n}; the features have "
+                                          f"{cfg.seq_len}, {cfg.time_slices}, {cfg.sim_bins}")
+                    self._ranker = ranker
                     log.info("model %s loaded from %s", self._ranker.version, self.cfg.model_dir)
         return self._ranker
 

@@ -224,13 +224,15 @@ def test_health_readiness_and_metrics(served):
     assert "mmi_feature_fetch_seconds_count" in text and "mmi_model_seconds_count" in text
 
 
-def test_not_ready_without_a_model(tmp_path):
+def test_not_ready_without_a_fitting_model(tmp_path, model_dir):
     cfg = load_config(home=tmp_path / "mmi", model_dir=tmp_path / "none")
     with TestClient(create_app(cfg)) as client:
         assert client.get("/healthz").status_code == 200
         got = client.get("/readyz")
         assert got.status_code == 503 and "model not loaded" in got.json()["detail"]
         assert client.post("/rank", json={"user_id": 1, "item_ids": [1]}).status_code == 503
+    with TestClient(create_app(load_config(home=tmp_path / "mmi", model_dir=model_dir))) as client:
+        assert "takes T, l, n = 16, 4, 8" in client.get("/readyz").json()["detail"]  # seq_len 64
 
 
 def test_redis_outage_gives_503_and_the_service_recovers(tmp_path, model_dir):
