@@ -265,9 +265,11 @@ def create_app(cfg, *, features=None, ranker=None, max_body_bytes: int = MAX_BOD
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):
-        malformed = any(e["type"] == "json_invalid" for e in exc.errors())
-        return JSONResponse({"detail": ("malformed JSON: " if malformed else "")
-                             + _reasons(exc.errors())}, 400 if malformed else 422)
+        for e in exc.errors():
+            if e["type"] == "json_invalid":
+                return JSONResponse({"detail": f"malformed JSON at character {e['loc'][-1]}: "
+                                     f"{e.get('ctx', {}).get('error', e['msg'])}"}, 400)
+        return JSONResponse({"detail": _reasons(exc.errors())}, 422)
 
     @app.exception_handler(Unavailable)
     async def unavailable(request, exc):

@@ -36,19 +36,28 @@ def serve_load() -> dict:
         bench, data, user, items = _setup(cfg, Path(tmp), redis.url)
         request = {"user_id": user, "item_ids": items}
         for label, model_dir in _models(cfg, bench, Path(tmp)).items():
-            with _server(bench, model_dir, Path(tmp)) as url:
-                serve[label] = {f"c{c}": _load(url, request, c) for c in (1, CONCURRENCY)}
+            with _server(bench, model_dir, Path(tmp)) as (url, pid):
+                cpu = _cpu_seconds(pid)
+                serve[label] = {"c1": _load(url, request, 1)}
+                serve[label]["server_cpu_ms_per_request"] = round(
+                    1000 * (_cpu_seconds(pid) - cpu) / (REQUESTS + WARMUP), 2)
+                serve[label][f"c{CONCURRENCY}"] = _load(url, request, CONCURRENCY)
                 serve[label].update(_server_times(url))
-        feast = {f"c{c}": _feast_load(bench, user, items, c) for c in (1, CONCURRENCY)}
+        cpu = time.process_time()
+        feast = {"c1": _feast_load(bench, user, items, 1)}
+        feast["cpu_ms_per_request"] = round(1000 * (time.process_time() - cpu)
+                                            / (REQUESTS + WARMUP), 2)
+        feast[f"c{CONCURRENCY}"] = _feast_load(bench, user, items, CONCURRENCY)
     png = _plot(cfg.reports_dir / "bench" / "serve-load.png", serve, feast)
     print(f"serve-load ({data}; load avg {load_before}):")
     for label, run in serve.items():
         print(f"  POST /rank, {label}: p50 {run['c1']['p50_ms']} ms, p99 {run['c1']['p99_ms']} ms"
               f" (goal {GOAL_P99_MS:g}), {run[f'c{CONCURRENCY}']['rps']} req/s at "
-              f"{CONCURRENCY} concurrent; p99 / Feast p99 = "
-              f"{run['c1']['p99_ms'] / feast['c1']['p99_ms']:.2f}")
+              f"{CONCURRENCY} concurrent, server CPU {run['server_cpu_ms_per_request']} ms/request;"
+              f" p99 / Feast p99 = {run['c1']['p99_ms'] / feast['c1']['p99_ms']:.2f}")
     print(f"  Feast get_online_features: p50 {feast['c1']['p50_ms']} ms, p99 "
-          f"{feast['c1']['p99_ms']} ms, {feast[f'c{CONCURRENCY}']['rps']} req/s")
+          f"{feast['c1']['p99_ms']} ms, {feast[f'c{CONCURRENCY}']['rps']} req/s, CPU "
+          f"{feast['cpu_ms_per_request']} ms/request")
     return {"data": data, "load_avg_1m_before": load_before, "user_id": user,
             "candidates": len(items), "requests": REQUESTS, "warmup": WARMUP,
             "serve": {label: _summary(run) for label, run in serve.items()}, "feast": _summary(feast),
@@ -147,7 +156,7 @@ def _models(cfg, bench, tmp) -> dict[str, Path]:
 @contextmanager
 def _server(bench, model_dir, tmp):
     """`mmi serve` of `model_dir` in a subprocess on a free loopback port, over `bench`; yields
-    its base URL."""
+    (base URL, pid)."""
     import os
     import subprocess
     import sys
@@ -178,11 +187,20 @@ def _server(bench, model_dir, tmp):
                 raise RuntimeError("mmi serve did not get ready:\n"
                                    + log_path.read_text()[-3000:])
             time.sleep(0.2)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` and its reaped children so far (Linux /proc):
+    what a request costs, whatever else the machine is running."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _stats(latencies: list[float], seconds: float) -> dict:
