@@ -19,7 +19,7 @@ from training.vocab import Vocab
 
 def columns(features: CandidateFeatures) -> dict[str, np.ndarray]:
     """The numpy columns of `make_batch` for one user against B candidates."""
-    B, T = len(features.item_ids), len(features.hist_item_ids)
+    B = len(features.item_ids)
 
     def each(history: np.ndarray) -> np.ndarray:
         return np.broadcast_to(history, (B,) + history.shape)
@@ -31,7 +31,7 @@ def columns(features: CandidateFeatures) -> dict[str, np.ndarray]:
             "sim_mask_img": features.sim_mask_img, "sim_mask_txt": features.sim_mask_txt,
             "dist_img": features.dist_img, "dist_txt": features.dist_txt,
             "target_mm": features.target_mm,
-            "hist_mm": each(features.hist_mm).reshape(B, T, -1)}
+            "hist_mm": each(features.hist_mm)}
 
 
 class Ranker:
