@@ -146,7 +146,7 @@ def plot(out: Path, summary: pd.DataFrame, gain: pd.DataFrame, baseline: str) ->
     fig.savefig(out / "auc.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = plt.subplots(figsize=(8.5, 3.8))
     for col in gain.columns:
         # solid: gain over the baseline; dashed: CiUBM's lift over its own backbone
         ax.plot(gain.index, gain[col], marker="o", label=col, linestyle="-" if col.endswith(f" - {baseline}") else "--")
@@ -155,7 +155,7 @@ def plot(out: Path, summary: pd.DataFrame, gain: pd.DataFrame, baseline: str) ->
     ax.set_ylabel("test AUC gain")
     ax.set_title("AUC gain by item age")
     if len(gain.columns):
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out / "cold_start_gain.png", dpi=120)
     plt.close(fig)
