@@ -9,6 +9,7 @@ evaluate writes metrics.json; every stage writes summary.json and logs a one-lin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-items", type=int, default=0, help="keep the N most engaged items (0 = all)")
     parser.add_argument("--max-pairs", type=int, default=0, help="keep the N latest training pairs (0 = all)")
     parser.add_argument("--queue-batches", type=int, default=10, help="k: batches kept in the negative queue")
+    parser.add_argument("--lr-scale", type=float, default=1.0, help="multiplies every learning rate (OptimConfig)")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--beta", type=float, default=0.5)
     parser.add_argument("--window-minutes", type=float, default=60.0, help="max gap of an interest pair")
@@ -101,6 +103,14 @@ def _pairs(args, items: pd.DataFrame, interactions: pd.DataFrame, split=None) ->
     return train, heldout
 
 
+def _optim(args):
+    from training.content.trainer import OptimConfig
+
+    base = OptimConfig()
+    return dataclasses.replace(base, lr_heads=base.lr_heads * args.lr_scale, lr_text=base.lr_text * args.lr_scale,
+                               lr_image=base.lr_image * args.lr_scale)
+
+
 def run(args) -> dict:
     """The stage on the Parquet inputs of `args`; rank 0 saves to args.out (see module doc)."""
     interactions = pd.read_parquet(args.interactions) if args.interactions else None
@@ -113,8 +123,6 @@ def run_frames(args, items: pd.DataFrame, interactions: pd.DataFrame | None, out
     csft; summary.json) or metrics.json (evaluate). `split(pairs) -> (train, heldout)` overrides
     the held-out split (default: the latest --heldout-fraction of pairs)."""
     from training.content import distributed as dist_utils
-    from training.content.trainer import OptimConfig
-
     items = most_engaged(items, interactions, args.max_items)
     if args.stage != "pretrain" and interactions is None:
         raise SystemExit(f"{args.stage} needs --interactions")
@@ -125,7 +133,7 @@ def run_frames(args, items: pd.DataFrame, interactions: pd.DataFrame | None, out
 
         dma_epochs = args.epochs if args.dma_epochs is None else args.dma_epochs
         pre_cfg = PretrainConfig(dda_epochs=args.epochs, dma_epochs=dma_epochs, batch_size=args.batch_size or 64,
-                                 max_steps=args.max_steps, seed=args.seed, optim=OptimConfig())
+                                 max_steps=args.max_steps, seed=args.seed, optim=_optim(args))
         summary = pretrain(encoder, items, pre_cfg)
     elif args.stage == "csft":
         from training.content.csft import CsftConfig, train_csft
@@ -133,7 +141,7 @@ def run_frames(args, items: pd.DataFrame, interactions: pd.DataFrame | None, out
         train, heldout = _pairs(args, items, interactions, split)
         ft_cfg = CsftConfig(epochs=args.epochs, batch_size=args.batch_size or 32, queue_batches=args.queue_batches,
                             alpha=args.alpha, beta=args.beta, max_steps=args.max_steps, seed=args.seed,
-                            optim=OptimConfig())
+                            optim=_optim(args))
         summary = train_csft(encoder, items, train, ft_cfg) | {"heldout_pairs": len(heldout)}
     elif dist_utils.rank() == 0:
         from training.content.evaluate import embed_items, image_text_recall_at_k, interest_recall_at_k
