@@ -3,8 +3,7 @@ worker) over the same input, side by side, with the speed-up ratio. Registered i
 spark_jobs/benchmarks.py; run with `mmi bench scaling-ingest`.
 
 Each run gets its own fresh cluster and its own MMI home (a copy of the prepared input tables), so
-all do exactly the same work; their summary lines (counts) must agree. Later jobs are one line
-each, e.g. `scaling("spark_jobs.embed_items", prepare=("spark_jobs.ingest",))`.
+all do exactly the same work; their summary lines (counts) must agree. A job is one line each.
 """
 from __future__ import annotations
 
@@ -22,6 +21,17 @@ WORKERS = (1, 2)
 def scaling_ingest() -> dict:
     """Ingest of the configured dataset (MMI_DATASET_DIR) on 1 vs 2 workers."""
     return scaling("spark_jobs.ingest")
+
+
+def scaling_embed() -> dict:
+    """Item embeddings (base encoder) of the configured dataset on 1 vs 2 workers."""
+    return scaling("spark_jobs.embed_items", prepare=("spark_jobs.ingest",))
+
+
+def scaling_interest() -> dict:
+    """Interest features of the configured dataset on 1 vs 2 workers."""
+    return scaling("spark_jobs.interest_features", prepare=("spark_jobs.ingest", "spark_jobs.embed_items",
+                                                            "spark_jobs.behaviour"))
 
 
 def scaling(job: str, prepare: tuple[str, ...] = (), workers: tuple[int, ...] = WORKERS,

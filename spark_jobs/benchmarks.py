@@ -161,7 +161,8 @@ def _numpy_interest(cfg):
 
 
 # infra: the same job on a 1-worker vs 2-worker standalone cluster (infra/scaling.py)
-BENCHMARKS["scaling-ingest"] = "infra.scaling:scaling_ingest"
+BENCHMARKS.update({f"scaling-{job}": f"infra.scaling:scaling_{job}"
+                   for job in ("ingest", "embed", "interest")})
 
 
 def embed_items(n_items: int = 512, batch_size: int = 64) -> dict:

@@ -157,8 +157,9 @@ def _run(cfg: Config, spark: SparkSession) -> IngestSummary:
     return summary
 
 
-if __name__ == "__main__":
-    from mminterest.cli import setup_logging
+if __name__ == "__main__":  # spark-submit: same arguments and exit codes as `mmi ingest`
+    import sys
 
-    setup_logging()
-    print(run().line())
+    from mminterest.cli import main
+
+    sys.exit(main(["ingest", *sys.argv[1:]]))
