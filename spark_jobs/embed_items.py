@@ -150,17 +150,21 @@ class EmbedSummary:
 
 
 class _Progress(threading.Thread):
-    """Logs the finished / total tasks of the running Spark stages every `every` seconds."""
+    """Logs the finished / total partitions of the running Spark stages when they change (polled
+    every `every` seconds)."""
 
-    def __init__(self, spark: SparkSession, every: float = 10.0):
+    def __init__(self, spark: SparkSession, every: float = 5.0):
         super().__init__(daemon=True)
         self.tracker, self.every, self.done = spark.sparkContext.statusTracker(), every, threading.Event()
 
     def run(self) -> None:
+        seen: dict[int, int] = {}
         while not self.done.wait(self.every):
             for stage in filter(None, map(self.tracker.getStageInfo, self.tracker.getActiveStageIds())):
-                log.info("embed items: stage %d, %d/%d partitions done", stage.stageId,
-                         stage.numCompletedTasks, stage.numTasks)
+                if seen.get(stage.stageId) != stage.numCompletedTasks:
+                    seen[stage.stageId] = stage.numCompletedTasks
+                    log.info("embed items: %d/%d partitions done (stage %d)", stage.numCompletedTasks,
+                             stage.numTasks, stage.stageId)
 
 
 def compute(spark: SparkSession, cfg: Config, encoder_dir: str, version: str,
