@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import time
 
-BENCHMARKS = {"train-throughput": "training.benchmarks:train_throughput"}
+BENCHMARKS = {"train-throughput": "training.benchmarks:train_throughput",
+              "scaling-train": "training.benchmarks:scaling_train"}
 
 BATCH = 256
 CANDIDATES = 200
@@ -106,3 +107,32 @@ def train_throughput() -> dict:
             "ratio_dmae_over_din": round(rate["dmae"] / rate["din"], 3),
             **{f"{name}_forward_{CANDIDATES}_candidates_ms_p50_p95": v for name, v in latency.items()},
             "torch_threads": 1}
+
+
+def scaling_train(model: str = "din", epochs: int = 1, repeats: int = 2) -> dict:
+    """One epoch of `model` on the `default` training set in 1 process vs 2 DDP processes (torchrun,
+    gloo), rounds alternating, best wall time each; validation metrics of both beside (equal within
+    noise). Ratio = speed-up of 2 processes over 1 (> 1: faster)."""
+    import tempfile
+    from pathlib import Path
+
+    from mminterest.config import get_config
+    from training import runs
+
+    cfg = get_config()
+    runs.trainset_path(cfg, "default")  # FileNotFoundError with the way to build it
+    seconds: dict[int, list[float]] = {1: [], 2: []}
+    metrics: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="mmi-scaling-train-") as tmp:
+        for r in range(repeats):
+            for nproc in (1, 2) if r % 2 == 0 else (2, 1):
+                start = time.perf_counter()
+                _, got = runs.train(cfg, model, "default", seed=cfg.seed, epochs=epochs, nproc=nproc,
+                                    out=Path(tmp) / f"{nproc}-{r}")
+                seconds[nproc].append(round(time.perf_counter() - start, 1))
+                metrics[nproc] = {k: round(got[k], 4) for k in ("auc", "gauc", "logloss")}
+    best = {n: min(s) for n, s in seconds.items()}
+    return {"model": model, "epochs": epochs, "trainset": "default", "wall_s_1_process": seconds[1],
+            "wall_s_2_processes": seconds[2], "valid_metrics_1_process": metrics[1],
+            "valid_metrics_2_processes": metrics[2],
+            "speedup_2_over_1_processes": round(best[1] / best[2], 3)}
