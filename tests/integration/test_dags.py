@@ -26,7 +26,7 @@ import pytest
 from mminterest.config import REPO_ROOT
 from tests.conftest import REAL_DATASET
 
-PIPELINE_COMPLETE = False
+PIPELINE_COMPLETE = True
 
 AIRFLOW_SH = REPO_ROOT / "infra" / "airflow.sh"
 DAGS = REPO_ROOT / "dags"
