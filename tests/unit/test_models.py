@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from training.models import MODELS, CiUBM, ModelConfig, build_model, load_model, model_names
+from training.models.layers import MaskedAttention
 from training.models.simtier import similarity_histogram
 
 B, T, L, N, MM = 4, 8, 2, 4, 12
@@ -202,6 +203,78 @@ def test_dmae_iddu_gets_gradients_only_in_training(batch):
     assert all(p.grad is not None for p in model.mifu.parameters())
 
 
+def dense_band(x: torch.Tensor, mask: torch.Tensor, half_window: int) -> torch.Tensor:
+    """(B, T, T) allowed-mask of the sliding window over the real positions (MIFU's intra-modal attention)."""
+    pos = torch.arange(x.shape[1])
+    return ((pos[:, None] - pos[None, :]).abs() <= half_window).unsqueeze(0) & mask.unsqueeze(1)
+
+
+@pytest.mark.parametrize("t, half_window, block", [(8, 1, 16), (64, 5, 16), (64, 5, 8), (37, 3, 16), (10, 6, 4)])
+def test_banded_attention_matches_dense_band(t, half_window, block):
+    """The blocked banded kernel = the dense masked attention over the T x T band, outputs and gradients, at
+    every real position (padded rows are unspecified and unused)."""
+    torch.manual_seed(0)
+    attention = MaskedAttention(8, 2)
+    lens = torch.tensor([t, 0, 1, t // 2, 3, t - 1])
+    mask = (torch.arange(t)[None] < lens[:, None]) & (torch.rand(len(lens), t) < 0.8)  # holes, as img
+    mask[0] = True  # one full row
+    x = torch.randn(len(lens), t, 8, requires_grad=True)
+    weight = torch.randn(len(lens), t, 8) * mask.unsqueeze(-1)
+    results = []
+    for fast in (True, False):
+        attention.zero_grad()
+        x.grad = None
+        if fast:
+            out = attention.banded(x, mask, half_window, block)
+        else:
+            out = attention(x, x, dense_band(x, mask, half_window))
+        (out * weight).sum().backward()
+        results.append((out[mask], x.grad.clone(), [p.grad.clone() for p in attention.parameters()]))
+    (out_f, gx_f, gp_f), (out_d, gx_d, gp_d) = results
+    torch.testing.assert_close(out_f, out_d, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx_f, gx_d, atol=1e-5, rtol=1e-5)
+    for a, b in zip(gp_f, gp_d):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_pool_attention_matches_forward():
+    torch.manual_seed(0)
+    attention = MaskedAttention(8, 2)
+    keys, query = torch.randn(3, 6, 8), torch.randn(3, 8)
+    mask = torch.tensor([[True] * 6, [False] * 6, [True, False, True, False, False, False]])
+    expected = attention(query.unsqueeze(1), keys, mask.unsqueeze(1))[:, 0]
+    torch.testing.assert_close(attention.pool(query, keys, mask), expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dmae", "ciubm_dmae"])
+def test_dmae_fast_attention_keeps_the_math(name, batch, monkeypatch):
+    """MIFU on the blocked banded / single-query kernels gives the outputs, aux loss and gradients of the
+    dense formulation (full T x T band mask, one generic call per attention) for the same weights."""
+    model = build(name, {})
+    results = []
+    for dense in (False, True):
+        if dense:
+            monkeypatch.setattr(MaskedAttention, "banded",
+                                lambda self, x, mask, hw: self(x, x, dense_band(x, mask, hw)))
+            monkeypatch.setattr(MaskedAttention, "pool",
+                                lambda self, q, k, mask: self(q.unsqueeze(1), k, mask.unsqueeze(1))[:, 0])
+        model.zero_grad()
+        torch.manual_seed(3)  # IDDU's random mask
+        out = model.train()(feed(model, batch))
+        (out["logit"].sum() + out["aux_loss"]).backward()
+        with torch.no_grad():
+            eval_logit = model.eval()(feed(model, batch))["logit"]
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        results.append((out["logit"].detach(), out["aux_loss"].detach(), eval_logit, grads))
+    (logit_f, aux_f, eval_f, grads_f), (logit_d, aux_d, eval_d, grads_d) = results
+    torch.testing.assert_close(logit_f, logit_d, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(aux_f, aux_d, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eval_f, eval_d, atol=1e-5, rtol=1e-5)
+    assert grads_f.keys() == grads_d.keys()
+    for k in grads_d:
+        torch.testing.assert_close(grads_f[k], grads_d[k], atol=1e-5, rtol=1e-5)
+
+
 def test_ciubm_without_content_modules_is_the_backbone_interest(batch):
     model = build("ciubm_din", {"use_content": False, "use_fusion": False}).eval()
     assert model.interest_dim == model.backbone.interest_dim
@@ -218,6 +291,8 @@ def test_ciubm_content_weights_are_masked_cosines(batch):
     model = build("ciubm_avgpool", {})
     a = model.content_weights(batch)
     assert (a[~batch["hist_mask"]] == 0).all() and (a.abs() <= 1 + 1e-6).all()
+    cosine = torch.nn.functional.cosine_similarity(batch["target_mm"].unsqueeze(1), batch["hist_mm"], dim=-1)
+    torch.testing.assert_close(a, cosine * batch["hist_mask"], atol=1e-6, rtol=1e-6)
     no_target = dict(batch, target_mm=torch.zeros_like(batch["target_mm"]))
     assert (model.content_weights(no_target) == 0).all()  # an item without content adds no content interest
 

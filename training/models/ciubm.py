@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from training.models.base import Batch, CTRModel, ModelConfig
 
 PREFIX = "ciubm_"
+EPS = 1e-8  # as F.cosine_similarity: each norm is clamped to at least EPS
 
 
 class CiUBM(CTRModel):
@@ -50,7 +50,11 @@ class CiUBM(CTRModel):
     def content_weights(self, batch: Batch) -> Tensor:
         """a_ti (B, T): cosine of target and history multimodal vectors, 0 at padded positions; divided by
         the history length with `ciubm_mean`."""
-        a = F.cosine_similarity(batch["target_mm"].unsqueeze(1), batch["hist_mm"], dim=-1, eps=1e-8)
+        # = F.cosine_similarity(target.unsqueeze(1), hist, dim=-1, eps=1e-8) as one batched matmul of the
+        # normalised target with the history (no (B, T, D) product tensor)
+        target, hist = batch["target_mm"], batch["hist_mm"]
+        unit = target / torch.linalg.vector_norm(target, dim=-1, keepdim=True).clamp_min(EPS)
+        a = torch.bmm(hist, unit.unsqueeze(-1)).squeeze(-1) / torch.linalg.vector_norm(hist, dim=-1).clamp_min(EPS)
         mask = batch["hist_mask"].to(a.dtype)
         if self.cfg.ciubm_mean:
             mask = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)

@@ -14,6 +14,8 @@ The user representation concat(u_img, u_txt) is concatenated with a DIN ID inter
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -62,15 +64,13 @@ class MIFU(nn.Module):
         self.cross = nn.ModuleDict({m: MaskedAttention(dim, n_heads) for m in MODALITIES})
 
     def intra_modal(self, m: str, x: Tensor, mask: Tensor) -> Tensor:
-        """(B, T, dim): each position attends to the real positions within the window."""
-        pos = torch.arange(x.shape[1], device=x.device)
-        band = (pos[:, None] - pos[None, :]).abs() <= self.half_window
-        allowed = band.unsqueeze(0) & mask.unsqueeze(1)
-        return self.norm[m](x + self.intra[m](x, x, allowed))
+        """(B, T, dim): each position attends to the real positions within the window (banded, blocked
+        attention); rows at padded positions are not computed, and every use below is masked."""
+        return self.norm[m](x + cast(MaskedAttention, self.intra[m]).banded(x, mask, self.half_window))
 
     def cross_modal(self, m: str, x: Tensor, mask: Tensor, guide: Tensor) -> Tensor:
         """(B, dim): x's real positions pooled by attention with the query `guide` (B, dim)."""
-        return self.cross[m](guide.unsqueeze(1), x, mask.unsqueeze(1))[:, 0]
+        return cast(MaskedAttention, self.cross[m]).pool(guide, x, mask)
 
 
 class IDDU(nn.Module):
