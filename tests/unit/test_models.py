@@ -31,7 +31,7 @@ VARIANTS: list[tuple[str, Changes]] = [
     *(("dmae", changes) for changes in DMAE_ABLATIONS),
     ("sim", {"sim_mode": "hard"}), ("ciubm_sim", {"sim_mode": "hard"}),
     ("ciubm_din", {"use_id": False}), ("ciubm_din", {"use_content": False}), ("ciubm_din", {"use_fusion": False}),
-    ("ciubm_din", {"ciubm_mean": True}),
+    ("ciubm_din", {"ciubm_mean": True}), ("din", {"att_softmax": True}), ("dmae", {"att_softmax": True}),
 ]
 IDS = [name + "".join(f"-{k}={v}" for k, v in changes.items()) for name, changes in VARIANTS]
 

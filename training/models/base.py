@@ -38,6 +38,7 @@ class ModelConfig:
     mm_dim: int = 384  # fused multimodal vector dim (target_mm / hist_mm)
     mlp_dims: tuple[int, ...] = (200, 80)  # head MLP
     att_dims: tuple[int, ...] = (64, 32)  # DIN attention-unit MLP
+    att_softmax: bool = False  # DIN, SIM, SimTier, DMAE ID attention: masked-softmax weights (papers: raw weights)
     dropout: float = 0.0
     # BST / TWIN / DMAE attention
     n_heads: int = 2

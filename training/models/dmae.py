@@ -106,7 +106,7 @@ class DMAE(CTRModel):
             raise ValueError(f"emb_dim must be even for the sine-cosine code, got {d}")
         if cfg.use_mifu and d % cfg.n_heads:
             raise ValueError(f"emb_dim = {d} is not divisible by n_heads = {cfg.n_heads}")
-        self.id_attention = TargetAttention(self.item_dim, cfg.att_dims, softmax=False, dropout=cfg.dropout)
+        self.id_attention = TargetAttention(self.item_dim, cfg.att_dims, softmax=cfg.att_softmax, dropout=cfg.dropout)
         self.mieu = nn.ModuleDict({m: MIEU(d, cfg.T, cfg.n_buckets, cfg.use_mieu_se, cfg.use_mieu_t)
                                    for m in MODALITIES})
         self.mifu = MIFU(d, cfg.n_heads, cfg.window) if cfg.use_mifu else None

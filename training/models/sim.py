@@ -33,7 +33,7 @@ class SIM(CTRModel):
     def __init__(self, cfg: ModelConfig, embeddings: FeatureEmbeddings | None = None):
         super().__init__(cfg, embeddings)
         self.mode = cfg.sim_mode
-        self.attention = TargetAttention(self.item_dim, cfg.att_dims, softmax=False, dropout=cfg.dropout)
+        self.attention = TargetAttention(self.item_dim, cfg.att_dims, softmax=cfg.att_softmax, dropout=cfg.dropout)
         self.build_head(self.item_dim)
 
     def interest(self, batch: Batch) -> Tensor:

@@ -31,7 +31,7 @@ class SimTier(CTRModel):
 
     def __init__(self, cfg: ModelConfig, embeddings: FeatureEmbeddings | None = None):
         super().__init__(cfg, embeddings)
-        self.attention = TargetAttention(self.item_dim, cfg.att_dims, softmax=False, dropout=cfg.dropout)
+        self.attention = TargetAttention(self.item_dim, cfg.att_dims, softmax=cfg.att_softmax, dropout=cfg.dropout)
         self.build_head(self.item_dim + len(MODALITIES) * cfg.n_tiers)
 
     def interest(self, batch: Batch) -> Tensor:
