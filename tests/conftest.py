@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Spark session per test run, a private MMI home per test."""
+"""Shared fixtures: one local Spark session per test run, a private MMI home per test, and a tiny
+content encoder (seconds instead of MiniLM's minutes) for tests that embed items."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from mminterest.config import REPO_ROOT, load_config  # noqa: E402
 
 REAL_DATASET = REPO_ROOT.parent / "shared" / "datasets" / "movielens-latest-small-posters"
+
+
+def tiny_encoder():
+    """A small seeded encoder (tiny text tower, 16-px ViT): the same weights and version every call."""
+    from training.content.encoders import EncoderConfig, base_encoder
+
+    return base_encoder(EncoderConfig(dim=16, text_source="tiny", text_max_len=24, tiny_text_hidden=32,
+                                      tiny_text_layers=1, image_size=16, image_patch=8, image_hidden=32,
+                                      image_layers=1, image_heads=2, fusion_hidden=32), seed=3)
 
 
 @pytest.fixture(scope="session")

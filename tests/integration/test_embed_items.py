@@ -14,17 +14,9 @@ from mminterest.config import load_config
 from spark_jobs import delta_io, embed_items, ingest
 from spark_jobs.feature_checks import FeatureCheckError, publish_gate
 from spark_jobs.quantize import cosine_error, dequantize_int8, quantize_int8
-from tests.conftest import REAL_DATASET
+from tests.conftest import REAL_DATASET, tiny_encoder
 
 MOVIES = 200
-
-
-def tiny_encoder():
-    from training.content.encoders import EncoderConfig, base_encoder
-
-    return base_encoder(EncoderConfig(dim=16, text_source="tiny", text_max_len=24, tiny_text_hidden=32,
-                                      tiny_text_layers=1, image_size=16, image_patch=8, image_hidden=32,
-                                      image_layers=1, image_heads=2, fusion_hidden=32), seed=3)
 
 
 def make_slice(root):

@@ -12,8 +12,7 @@ from feature_repo.store_config import open_store
 from mminterest.config import load_config
 from serving.new_items import NewItemError, add_items
 from spark_jobs.embed_items import content_hash
-from tests.conftest import REAL_DATASET
-from tests.integration.test_embed_items import tiny_encoder
+from tests.conftest import REAL_DATASET, tiny_encoder
 
 POSTER = (REAL_DATASET / "posters" / "1.jpg").read_bytes()
 

@@ -18,8 +18,7 @@ from deltalake import DeltaTable
 from infra.jobs import run_job
 from infra.spark_cluster import SparkCluster
 from mminterest.config import load_config
-from tests.conftest import REAL_DATASET
-from tests.integration.test_embed_items import tiny_encoder
+from tests.conftest import REAL_DATASET, tiny_encoder
 
 
 @dataclass(frozen=True)
