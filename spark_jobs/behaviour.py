@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -21,39 +20,10 @@ from pyspark.sql import functions as F
 from mminterest.config import Config, get_config
 from spark_jobs import delta_io
 from spark_jobs.feature_checks import check_behaviour
+from spark_jobs.job import JobSummary, require
 
 log = logging.getLogger("mminterest.behaviour")
 TABLE = "user_behaviour"
-MADE_BY = {"interactions": "mmi ingest", "user_behaviour": "mmi build behaviour",
-           "item_embeddings": "the embedding job (spark_jobs/embed_items.py)"}
-
-
-class MissingInputError(RuntimeError):
-    """An input table of a feature job does not exist yet."""
-
-
-def require(cfg: Config, *tables: str) -> None:
-    """Raise MissingInputError naming each absent input table and what makes it."""
-    missing = [t for t in tables if not delta_io.exists(cfg.table(t))]
-    if missing:
-        raise MissingInputError("missing input table(s): " + "; ".join(
-            f"{cfg.table(t)} (made by {MADE_BY.get(t, '?')})" for t in missing))
-
-
-@dataclass(frozen=True)
-class JobSummary:
-    """Counts and time of one run of a feature job; `line()` is its one-line summary."""
-
-    job: str
-    rows_in: int
-    rows_out: int
-    seconds: float
-    note: str = ""
-
-    def line(self) -> str:
-        note = f" ({self.note})" if self.note else ""
-        return (f"{self.job}: rows in {self.rows_in:,}, rows out {self.rows_out:,}{note}, "
-                f"{self.seconds:.1f} s")
 
 
 def states(interactions: DataFrame, seq_len: int) -> DataFrame:

@@ -17,7 +17,7 @@ def _ingest(args) -> int:
 
 def _gated(job) -> int:
     """Run a feature job; a failed gate or a missing input is a clear one-line error, exit 2."""
-    from spark_jobs.behaviour import MissingInputError
+    from spark_jobs.job import MissingInputError
     from spark_jobs.feature_checks import FeatureCheckError
 
     try:

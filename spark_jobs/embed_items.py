@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 
 from mminterest.config import Config, get_config
 from spark_jobs import delta_io
-from spark_jobs.behaviour import require
+from spark_jobs.job import require
 from spark_jobs.feature_checks import KEY, publish_gate
 from spark_jobs.validation import Check
 

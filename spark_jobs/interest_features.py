@@ -30,7 +30,8 @@ from feature_repo import feature_math
 from feature_repo.online import MODALITIES, ItemVectors, target_inputs
 from mminterest.config import Config, get_config
 from spark_jobs import delta_io
-from spark_jobs.behaviour import TABLE as BEHAVIOUR, JobSummary, require
+from spark_jobs.behaviour import TABLE as BEHAVIOUR
+from spark_jobs.job import JobSummary, require
 from spark_jobs.feature_checks import check_interest
 
 log = logging.getLogger("mminterest.interest")

@@ -26,7 +26,7 @@ def _frames(cfg):
     import pandas as pd
     from deltalake import DeltaTable
 
-    from spark_jobs.behaviour import require
+    from spark_jobs.job import require
 
     require(cfg, "items", "interactions")
     items = DeltaTable(cfg.table("items")).to_pandas(columns=["item_id", "text", "category", "image_path"])
