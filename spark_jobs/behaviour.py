@@ -19,7 +19,6 @@ from pyspark.sql import functions as F
 
 from mminterest.config import Config, get_config
 from spark_jobs import delta_io
-from spark_jobs.feature_checks import check_behaviour
 from spark_jobs.job import JobSummary, require
 
 log = logging.getLogger("mminterest.behaviour")
@@ -45,6 +44,8 @@ def states(interactions: DataFrame, seq_len: int) -> DataFrame:
 
 def publish(df: DataFrame, cfg: Config) -> int:
     """Gate `df` with the behaviour checks, then overwrite the table (one commit). Returns the version."""
+    from spark_jobs.feature_checks import check_behaviour  # lazy: Great Expectations is slow to import
+
     check_behaviour(df, cfg)
     return delta_io.write(df, cfg.table(TABLE), mode="overwrite")
 

@@ -32,7 +32,6 @@ from mminterest.config import Config, get_config
 from spark_jobs import delta_io
 from spark_jobs.behaviour import TABLE as BEHAVIOUR
 from spark_jobs.job import JobSummary, require
-from spark_jobs.feature_checks import check_interest
 
 log = logging.getLogger("mminterest.interest")
 TABLE = "interest_features"
@@ -138,6 +137,9 @@ def window_predicate(start=None, end=None) -> str | None:
 
 def publish(df: DataFrame, cfg: Config, start=None, end=None) -> int:
     """Gate `df`, then replace the window's rows (or the table) in one commit. Returns the version."""
+    from spark_jobs.feature_checks import check_interest  # driver only: Python workers import
+    # this module to run `features`, and Great Expectations would add seconds to each
+
     check_interest(df, cfg)
     return delta_io.write(df, cfg.table(TABLE), mode="overwrite", predicate=window_predicate(start, end))
 
