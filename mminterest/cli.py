@@ -16,6 +16,13 @@ COMMAND_MODULES = ["spark_jobs.commands", "feature_repo.commands", "training.con
                    "training.commands", "serving.commands"]
 
 
+def fail(err: Exception) -> int:
+    """An expected failure of a command (bad input, a failed gate, a missing input): one line on
+    stderr, exit 2, no traceback."""
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -1,7 +1,9 @@
 """`mmi` subcommands of the Spark jobs."""
 from __future__ import annotations
 
-import sys
+from datetime import datetime
+
+from mminterest.cli import fail
 
 
 def _ingest(args) -> int:
@@ -10,8 +12,7 @@ def _ingest(args) -> int:
     try:
         print(ingest.run().line())
     except ingest.BadInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     return 0
 
 
@@ -23,8 +24,7 @@ def _gated(job) -> int:
     try:
         print(job().line())
     except (FeatureCheckError, MissingInputError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     return 0
 
 
@@ -57,8 +57,7 @@ def _items_add(args) -> int:
         [row] = add_items(get_config(), [{"item_id": args.id, "text": args.text, "category": args.category,
                                           "image": image}])
     except NewItemError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     print(f"items add: item {row['item_id']} {row['status']}, encoder {row['encoder_version']}, "
           f"has_img {row['has_img']}")
     return 0
@@ -73,8 +72,8 @@ def register(sub) -> None:
                       "states, rebuilt whole)").set_defaults(func=_behaviour)
     interest = tables.add_parser("interest", help="interactions + user_behaviour + item_embeddings "
                                  "-> interest_features (similarity sequences, interest distributions)")
-    interest.add_argument("--start", help="first event_ts to (re)compute, ISO, UTC (inclusive)")
-    interest.add_argument("--end", help="end of the event_ts window, ISO, UTC (exclusive)")
+    interest.add_argument("--start", type=datetime.fromisoformat, help="first event_ts to (re)compute, ISO, UTC (inclusive)")
+    interest.add_argument("--end", type=datetime.fromisoformat, help="end of the event_ts window, ISO, UTC (exclusive)")
     interest.set_defaults(func=_interest)
     embed = sub.add_parser("embed", help="compute item embeddings").add_subparsers(dest="what", required=True)
     items = embed.add_parser("items", help="items -> item_embeddings (img, txt, fused; only new or changed "

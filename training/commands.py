@@ -3,14 +3,9 @@ spawn `training.train` / `training.evaluate` in .venv-train, where petastorm wor
 the run does not beat the promoted model (Airflow marks the task skipped)."""
 from __future__ import annotations
 
-import sys
+from mminterest.cli import fail
 
 SKIPPED = 99  # Airflow's skip_on_exit_code for `mmi promote`
-
-
-def _fail(err: Exception) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
 
 
 def _trainset_build(args) -> int:
@@ -19,7 +14,7 @@ def _trainset_build(args) -> int:
     try:
         print(trainset.build(name=args.name, start=args.start, end=args.end).line())
     except (FileNotFoundError, ValueError) as err:
-        return _fail(err)
+        return fail(err)
     return 0
 
 
@@ -31,7 +26,7 @@ def _train(args) -> int:
         run_dir, metrics = runs.train(get_config(), args.model, args.trainset, args.seed, args.epochs,
                                       args.batch_size, args.lr, args.nproc, args.max_steps, args.set)
     except (FileNotFoundError, runs.RunError) as err:
-        return _fail(err)
+        return fail(err)
     print(f"run {run_dir.name}: validation AUC {metrics['auc']:.4f} GAUC {metrics['gauc']:.4f} "
           f"logloss {metrics['logloss']:.4f} -> {run_dir}")
     return 0
@@ -48,7 +43,7 @@ def _evaluate(args) -> int:
         runs.spawn("training.evaluate", ["--run", str(run_dir), "--trainset",
                                          str(runs.trainset_path(cfg, trainset)), "--split", args.split])
     except (FileNotFoundError, runs.RunError) as err:
-        return _fail(err)
+        return fail(err)
     return 0
 
 
@@ -60,7 +55,7 @@ def _promote(args) -> int:
     try:
         promoted, reason = runs.promote(cfg, runs.run_path(cfg, args.run))
     except (FileNotFoundError, FileExistsError) as err:
-        return _fail(err)
+        return fail(err)
     print(reason)
     return 0 if promoted else SKIPPED
 
@@ -73,7 +68,7 @@ def _experiment(args) -> int:
         experiment.run(get_config(), args.models.split(","), args.seeds, args.trainset, args.name, args.epochs,
                        args.batch_size, args.lr, args.set, args.max_steps, args.nproc)
     except (FileNotFoundError, runs.RunError) as err:
-        return _fail(err)
+        return fail(err)
     return 0
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
+
+from mminterest.cli import fail
 
 CONTENT = "content"
 
@@ -106,8 +107,7 @@ def _promote(args) -> int:
     try:
         target = promote(cfg, args.encoder)
     except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     print(f"content promote: {cfg.encoder_dir} -> {target}")
     return 0
 
