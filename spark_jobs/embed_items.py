@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import great_expectations.expectations as gxe
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -33,8 +32,6 @@ from pyspark.sql import functions as F
 from mminterest.config import Config, get_config
 from spark_jobs import delta_io
 from spark_jobs.job import require
-from spark_jobs.feature_checks import KEY, publish_gate
-from spark_jobs.validation import Check
 
 log = logging.getLogger("mminterest.embed_items")
 TABLE = "item_embeddings"
@@ -112,6 +109,8 @@ def _finite(arr: Column) -> Column:
 
 def check_frame(df: DataFrame, dim: int) -> DataFrame:
     """Scalar check columns of embedded rows: key, per-vector shape + finiteness + unit norm."""
+    from spark_jobs.feature_checks import KEY
+
     def vector_ok(name: str) -> Column:
         arr = F.col(name)
         return (F.size(arr) == dim) & _finite(arr) & (F.abs(_norm(arr) - 1.0) <= NORM_TOLERANCE)
@@ -124,7 +123,13 @@ def check_frame(df: DataFrame, dim: int) -> DataFrame:
             "txt_ok": vector_ok("txt"), "fused_ok": vector_ok("fused"), "img_ok": img_ok}.items()])
 
 
-def checks(dim: int) -> list[Check]:
+def checks(dim: int) -> list:
+    """The gate's expectations (Great Expectations is imported here, on the driver: Python workers
+    import this module to embed, and it would cost each of them seconds)."""
+    import great_expectations.expectations as gxe
+
+    from spark_jobs.validation import Check
+
     reasons = {"key_present": "null item_id, encoder_version or valid_from_ts",
                "txt_ok": f"txt vector not finite, of width {dim} and unit norm",
                "fused_ok": f"fused vector not finite, of width {dim} and unit norm",
@@ -218,6 +223,8 @@ def run(cfg: Config | None = None, spark: SparkSession | None = None, batch_size
     try:
         if todo:
             log.info("embed items [3/4] checking %s rows", f"{todo:,}")
+            from spark_jobs.feature_checks import publish_gate
+
             publish_gate(check_frame(embedded, dim), "features_item_embeddings", checks(dim), cfg)
             delta_io.merge(embedded, cfg.table(TABLE), ["item_id"])
         log.info("embed items [4/4] %s up to date", cfg.table(TABLE))
