@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import distributed as dist
 from torch.nn import functional as F
 
+from training import distributed
 from training.loader import TrainsetBatches, make_loader, meta
 from training.metrics import auc, gauc, logloss
 from training.models import CTRModel, ModelConfig, build_model
@@ -62,11 +61,9 @@ def train(root: str | Path, model_name: str, out: str | Path, seed: int = 0, epo
     """Train `model_name` on `root`'s train split; on rank 0 evaluate and write the run dir `out` and
     return its metrics (None on other ranks). `max_steps` > 0 caps the steps per epoch. `threads`: torch
     intra-op threads per process (1: small CTR batches gain nothing from more, and shared cores thrash)."""
+    distributed.init_from_env()
     torch.set_num_threads(threads)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if world > 1 else 0
+    world, rank = distributed.world_size(), distributed.rank()
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} is not a multiple of the {world} ranks")
     torch.manual_seed(seed)
@@ -101,9 +98,8 @@ def train(root: str | Path, model_name: str, out: str | Path, seed: int = 0, epo
     result = None
     if rank == 0:
         result = finish(model, root, out, model_name, seed, epochs, batch_size, lr, train_s, seen, world, overrides)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    distributed.barrier()
+    distributed.shutdown()
     return result
 
 

@@ -122,7 +122,7 @@ def run_frames(args, items: pd.DataFrame, interactions: pd.DataFrame | None, out
     """Run `args.stage` on in-memory frames and save to `out` on rank 0: the encoder (pretrain,
     csft; summary.json) or metrics.json (evaluate). `split(pairs) -> (train, heldout)` overrides
     the held-out split (default: the latest --heldout-fraction of pairs)."""
-    from training.content import distributed as dist_utils
+    from training import distributed as dist_utils
     items = most_engaged(items, interactions, args.max_items)
     if args.stage != "pretrain" and interactions is None:
         raise SystemExit(f"{args.stage} needs --interactions")
@@ -165,7 +165,7 @@ def run_frames(args, items: pd.DataFrame, interactions: pd.DataFrame | None, out
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from training.content import distributed as dist_utils
+    from training import distributed as dist_utils
 
     dist_utils.init_from_env()
     logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",

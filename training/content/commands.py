@@ -60,7 +60,7 @@ def resolve_encoder(cfg, ref: str | Path | None) -> Path | None:
 
 def _stage(args) -> int:
     from mminterest.config import get_config
-    from training.content import distributed as dist_utils
+    from training import distributed as dist_utils
     from training.content.cli import run_frames
 
     cfg = get_config()

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from training.content.distributed import broadcast_module, rank, shard_order, world_size
+from training.distributed import broadcast_module, rank, shard_order, world_size
 from training.content.encoders import MultimodalEncoder
 from training.content.items import ItemTable
 from training.content.losses import NegativeQueue, csft_loss

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from training.content.distributed import is_distributed
+from training.distributed import is_distributed
 
 LEVELS = ("fused", "txt", "img", "img_mask")
 FEATURES = ("txt_feat", "img_feat")

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from training.content.distributed import broadcast_module, global_count, rank, shard_order, world_size
+from training.distributed import broadcast_module, global_count, rank, shard_order, world_size
 from training.content.encoders import MultimodalEncoder
 from training.content.images import to_unit_tensor
 from training.content.items import ItemTable

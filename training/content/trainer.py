@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.content.distributed import rank, sum_gradients
+from training.distributed import rank, sum_gradients
 from training.content.encoders import MultimodalEncoder
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,10 @@
-"""torch.distributed helpers for CPU training (gloo under torchrun); all are no-ops in one process.
+"""torch.distributed helpers for CPU training (gloo under torchrun), shared by the content models and CTR
+training; all are no-ops in one process.
 
-Gradient convention: every rank computes the loss over the *gathered* global batch, differentiating
-only through its own embeddings (see losses.gather_from_all_workers), so the true gradient of the
-global loss is the SUM of the ranks' gradients (open_clip's gather-without-grad scheme).
+Content models (C-SFT, DMA) sum gradients by hand; CTR training uses DDP. The content convention:
+every rank computes the loss over the *gathered* global batch, differentiating only through its own
+embeddings (see training/content/losses.gather_from_all_workers), so the true gradient of the global
+loss is the SUM of the ranks' gradients (open_clip's gather-without-grad scheme).
 """
 from __future__ import annotations
 
