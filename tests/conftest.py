@@ -19,8 +19,8 @@ def tiny_encoder():
     from training.content.encoders import EncoderConfig, base_encoder
 
     return base_encoder(EncoderConfig(dim=16, text_source="tiny", text_max_len=24, tiny_text_hidden=32,
-                                      tiny_text_layers=1, image_size=16, image_patch=8, image_hidden=32,
-                                      image_layers=1, image_heads=2, fusion_hidden=32), seed=3)
+                                      tiny_text_layers=1, image_source="vit", image_size=16, image_patch=8,
+                                      image_hidden=32, image_layers=1, image_heads=2, fusion_hidden=32), seed=3)
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,8 @@ def tiny_config():
     from training.content.encoders import EncoderConfig
 
     return EncoderConfig(dim=16, text_source="tiny", text_max_len=16, tiny_text_hidden=32, tiny_text_layers=2,
-                         text_trainable_layers=1, image_size=16, image_patch=8, image_hidden=32, image_layers=2,
-                         image_heads=2, fusion_hidden=32, dropout=0.0)
+                         text_trainable_layers=1, image_source="vit", image_size=16, image_patch=8,
+                         image_hidden=32, image_layers=2, image_heads=2, fusion_hidden=32, dropout=0.0)
 
 
 @pytest.fixture
@@ -324,3 +324,36 @@ def test_image_tower_from_local_vit_checkpoint(tmp_path, catalogue):
     torch.testing.assert_close(enc.image.model.state_dict()[cls_token], vit.state_dict()[cls_token])
     out = enc.embed(catalogue["text"].tolist()[:3], catalogue["image_path"].tolist()[:3])
     assert out["img_mask"].all() and out["img"].shape == (3, 16)
+
+
+def test_efficientnet_lite0_loads_packaged_weights(catalogue):
+    """The one test that loads EfficientNet: every key of the packaged file but the classifier, equal
+    tensors, pooled 1280-d features; the encoder_version differs from the ViT variant's."""
+    import dataclasses
+
+    from training.content.encoders import MultimodalEncoder
+    from training.content.towers import EFFICIENTNET_LITE0, ImageTower, efficientnet_lite0_weights
+
+    tower = ImageTower.build(EFFICIENTNET_LITE0, size=64, patch=8, hidden=32, layers=1, heads=1).eval()
+    state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
+    assert len(state) == 296
+    mine = tower.model.state_dict()
+    assert set(mine) == {k for k in state if not k.startswith("_fc.")}  # all matched, classifier dropped
+    for key, value in mine.items():
+        assert torch.equal(value, state[key]), key
+    with torch.no_grad():
+        feats = tower(torch.rand(2, 3, 64, 64))
+    assert feats.shape == (2, 1280) and tower.hidden_size == 1280 and torch.isfinite(feats).all()
+
+    tower.set_trainable(1)
+    tower.train()  # BatchNorm keeps its statistics, frozen blocks stay in eval mode while training
+    assert not tower.model._bn0.training and not tower.model._blocks[0].training
+    assert tower.model._blocks[-1].training and tower.model._blocks[-1]._depthwise_conv.weight.requires_grad
+    assert not tower.model._blocks[0]._depthwise_conv.weight.requires_grad
+    vit = MultimodalEncoder.build(tiny_config())
+    cfg = dataclasses.replace(tiny_config(), image_source=EFFICIENTNET_LITE0, image_size=32)
+    torch.manual_seed(0)
+    eff = MultimodalEncoder.build(cfg)
+    assert eff.encoder_version() != vit.encoder_version()
+    out = eff.embed(catalogue["text"].tolist()[:4], catalogue["image_path"].tolist()[:4])
+    assert out["img"].shape == (4, 16) and out["img_mask"].all()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.content.images import load_image, to_unit_tensor
-from training.content.towers import MINILM, ImageTower, TextTower
+from training.content.towers import EFFICIENTNET_LITE0, MINILM, ImageTower, TextTower
 
 ARCH = 2  # bump when forward semantics change without a config change; enters encoder_version()
 WEIGHTS = "encoder.pt"
@@ -28,7 +28,12 @@ TOKENIZER = "tokenizer"
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Architecture and what trains. Defaults: packaged MiniLM + a small ViT trained by pre-training."""
+    """Architecture and what trains. Defaults: packaged MiniLM + packaged pretrained EfficientNet-Lite0.
+
+    image_size / image_trainable_layers = None take the image source's default: EfficientNet-Lite0
+    128 px (posters are ~150x220; 128 px runs ~3-4x faster than 224 px on CPU, see
+    training/README.md) with the top MBConv block + head conv trainable; the seeded ViT 64 px, all
+    layers trainable (it starts from random weights)."""
 
     dim: int = 128  # D, common output dim of img / txt / fused
     text_source: str = MINILM  # "minilm" | "tiny" (random small BERT, tests) | local model folder
@@ -36,15 +41,27 @@ class EncoderConfig:
     text_trainable_layers: int = 1  # top encoder layers that train; -1 = all, 0 = projection only
     tiny_text_hidden: int = 32
     tiny_text_layers: int = 2
-    image_source: str = ""  # local ViT checkpoint folder; "" = build the small ViT below
-    image_size: int = 64
-    image_patch: int = 8
+    image_source: str = EFFICIENTNET_LITE0  # | "vit" (small seeded ViT below) | local ViT checkpoint folder
+    image_size: int | None = None  # input pixels (square); None = the source's default
+    image_patch: int = 8  # image_patch / hidden / layers / heads: the seeded ViT only
     image_hidden: int = 128
     image_layers: int = 4
     image_heads: int = 4
-    image_trainable_layers: int = -1
+    image_trainable_layers: int | None = None  # top layers / blocks that train; -1 = all, 0 = projection only
     fusion_hidden: int = 256
     dropout: float = 0.1
+
+    @property
+    def input_size(self) -> int:
+        if self.image_size is not None:
+            return int(self.image_size)
+        return 128 if self.image_source == EFFICIENTNET_LITE0 else 64
+
+    @property
+    def image_layers_trained(self) -> int:
+        if self.image_trainable_layers is not None:
+            return int(self.image_trainable_layers)
+        return 1 if self.image_source == EFFICIENTNET_LITE0 else -1
 
 
 class MultimodalEncoder(nn.Module):
@@ -65,14 +82,14 @@ class MultimodalEncoder(nn.Module):
     def build(cls, cfg: EncoderConfig) -> "MultimodalEncoder":
         """Towers from their sources (local folders only); projections and fusion freshly initialised."""
         text = TextTower.build(cfg.text_source, cfg.text_max_len, cfg.tiny_text_hidden, cfg.tiny_text_layers)
-        image = ImageTower.build(cfg.image_source, cfg.image_size, cfg.image_patch, cfg.image_hidden,
+        image = ImageTower.build(cfg.image_source, cfg.input_size, cfg.image_patch, cfg.image_hidden,
                                  cfg.image_layers, cfg.image_heads)
         return cls(cfg, text, image)
 
     def set_trainable(self) -> None:
         """Freeze per config: top text layers, image layers, and always the projections + fusion."""
         self.text.set_trainable(self.cfg.text_trainable_layers)
-        self.image.set_trainable(self.cfg.image_trainable_layers)
+        self.image.set_trainable(self.cfg.image_layers_trained)
         for head in (self.text_proj, self.image_proj, self.fusion):
             head.requires_grad_(True)
 
@@ -199,7 +216,7 @@ class MultimodalEncoder(nn.Module):
 
 
 def base_encoder(cfg: EncoderConfig | None = None, seed: int = 7) -> MultimodalEncoder:
-    """The untrained starting point (packaged MiniLM + small ViT, heads initialised from `seed`):
+    """The untrained starting point (packaged MiniLM + EfficientNet-Lite0, heads initialised from `seed`):
     the same seed and config give the same weights, hence the same encoder_version."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)

