@@ -27,6 +27,7 @@ class Config:
     spark_shuffle_partitions: int = 8
     max_bad_fraction: float = 0.05  # ingest fails past this share of quarantined rows
     max_text_chars: int = 2000
+    delta_commit_attempts: int = 8  # tries of one Delta commit that conflicts with concurrent writers
     positive_rating: float = 4.0  # label = rating >= this
     rating_min: float = 0.5
     rating_max: float = 5.0

@@ -286,6 +286,7 @@ def create_app(cfg, *, features=None, ranker=None, max_body_bytes: int = MAX_BOD
             raise HTTPException(401, "missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
         items = await _new_items(request)
+        from mminterest.tables import CommitConflict
         from serving.new_items import NewItemError, add_items  # heavy (encoders): on first use
 
         try:
@@ -294,7 +295,9 @@ def create_app(cfg, *, features=None, ranker=None, max_body_bytes: int = MAX_BOD
         except NewItemError as err:
             raise HTTPException(422, str(err)) from err
         except UNREACHABLE as err:
-            raise Unavailable(f"online store unreachable: {err}") from err
+            raise Unavailable(f"online store unreachable: {err}; nothing was written") from err
+        except CommitConflict as err:
+            raise Unavailable(f"{err}; nothing was written, retry later") from err
         return {"added": added}
 
     @app.get("/healthz")

@@ -3,12 +3,15 @@
 `add_items` validates each item, embeds it with the current content encoder (cfg.encoder_dir, else
 the base encoder; loaded once per process), stores its image under <home>/images/, upserts the rows
 into the Delta tables `items` and `item_embeddings` with delta-rs (no Spark) and writes the vectors
-to the Feast online store, so `OnlineFeatures.fetch` serves them at once. The rows carry the same
-content_hash as the embedding job computes, so its next run skips them.
+to the Feast online store, so `OnlineFeatures.fetch` serves them at once, all or nothing: each Delta
+commit is retried on conflicts with concurrent writers, and a write that still fails undoes the
+earlier ones. The rows carry the same content_hash as the embedding job computes, so its next run
+skips them; an embedding job that computed an older vector meanwhile does not overwrite them.
 """
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import weakref
 from pathlib import Path
@@ -27,6 +30,7 @@ EMBEDDINGS_SCHEMA = pa.schema([("item_id", pa.int64()), ("encoder_version", pa.s
                                ("img", pa.list_(pa.float32())), ("txt", pa.list_(pa.float32())),
                                ("fused", pa.list_(pa.float32())), ("has_img", pa.bool_()),
                                ("content_hash", pa.string()), ("valid_from_ts", _TS), ("updated_ts", _TS)])
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _loaded: dict[str, tuple] = {}  # "current" -> (folder key, encoder)
 _versions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encoder -> encoder_version (serving never trains)
@@ -92,40 +96,65 @@ def validate(cfg: Config, items: list[dict]) -> list[dict]:
     return out
 
 
-def _existing(path: str, ids: list[int], columns: list[str]) -> pd.DataFrame:
-    from deltalake import DeltaTable
-
-    from spark_jobs import delta_io
-
-    if not delta_io.exists(path):
-        return pd.DataFrame(columns=columns)
-    return DeltaTable(path).to_pandas(columns=columns, filters=[("item_id", "in", ids)])
-
-
 def _cast(frame: pd.DataFrame, schema: pa.Schema, path: str) -> pa.Table:
     """Arrow table of `frame` in the stored table's schema (or `schema` for a new table)."""
-    from deltalake import DeltaTable
-
-    from spark_jobs import delta_io
+    from mminterest import tables
 
     table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
-    return table.cast(pa.schema(DeltaTable(path).schema().to_arrow())) if delta_io.exists(path) else table
+    return table.cast(tables.schema(path)) if tables.exists(path) else table
+
+
+class _Publication:
+    """The writes of one call, undone in reverse order when a later one fails: no item is ever in
+    `items` without its embedding and online entry, or the reverse."""
+
+    def __init__(self, cfg: Config, ids: list[int]):
+        from mminterest import tables
+
+        self.cfg, self.ids, self.undo = cfg, ids, []
+        self.before = {name: tables.read(cfg.table(name), ids=ids) for name in ("items", "item_embeddings")}
+
+    def merge(self, name: str, table: pa.Table, newer: str | None = None) -> None:
+        from mminterest import tables
+
+        path = self.cfg.table(name)
+        tables.merge_arrow(table, path, ["item_id"], newer=newer, attempts=self.cfg.delta_commit_attempts)
+        self.undo.append(lambda: self._restore(name))
+
+    def _restore(self, name: str) -> None:
+        """Put `name` back as it was for these ids: created rows deleted, updated rows restored."""
+        from mminterest import tables
+
+        path, before = self.cfg.table(name), self.before[name]
+        tables.delete(path, "item_id", sorted(set(self.ids) - set(before["item_id"].astype(int))),
+                      self.cfg.delta_commit_attempts)
+        if len(before):
+            tables.merge_arrow(pa.Table.from_pandas(before, preserve_index=False).cast(tables.schema(path)), path,
+                               ["item_id"], attempts=self.cfg.delta_commit_attempts)
+
+    def rollback(self) -> None:
+        for undo in reversed(self.undo):
+            try:
+                undo()
+            except Exception:  # keep undoing the rest; the caller reports the original failure
+                log.exception("new items %s: could not undo a write", self.ids)
 
 
 def add_items(cfg: Config, items: list[dict], *, encoder=None, store=None) -> list[dict]:
     """Embed `items` ({item_id, text, category|None, image: encoded JPEG/PNG bytes|None}) and publish
-    them to Delta (items, item_embeddings) and the online store. Returns per item {item_id,
-    encoder_version, has_img, status: created|updated}; raises NewItemError for bad input."""
+    them to Delta (items, item_embeddings) and the online store, all or nothing. Returns per item
+    {item_id, encoder_version, has_img, status: created|updated}; raises NewItemError for bad input
+    and `mminterest.tables.CommitConflict` when concurrent writers kept the commits from landing."""
     from feature_repo.store_config import open_store
-    from spark_jobs import delta_io
-    from spark_jobs.embed_items import content_hash, embed_frame
+    from training.content.item_rows import content_hash, embed_frame
 
     checked = validate(cfg, items)
     encoder = encoder or load_encoder(cfg)
     version = _versions.get(encoder) or _versions.setdefault(encoder, encoder.encoder_version())
     ids = [it["item_id"] for it in checked]
-    stored = _existing(cfg.table("items"), ids, ["item_id", "first_seen_ts"])
-    known = {int(i): t for i, t in zip(stored["item_id"], stored["first_seen_ts"])}
+    publication = _Publication(cfg, ids)
+    stored = publication.before["items"]
+    known = {int(i): t for i, t in zip(stored.get("item_id", []), stored.get("first_seen_ts", []))}
     now = pd.Timestamp.now(tz="UTC").floor("us")
     image_dir = cfg.home / "images"
     paths: list[str | None] = []
@@ -145,13 +174,17 @@ def add_items(cfg: Config, items: list[dict], *, encoder=None, store=None) -> li
         "updated_ts": now})
     frame["valid_from_ts"] = frame["first_seen_ts"].fillna(now)
     rows = embed_frame(encoder, version, frame, [it["pil"] for it in checked], batch_size=64)
-    delta_io.merge_arrow(_cast(frame, ITEMS_SCHEMA, cfg.table("items")), cfg.table("items"), ["item_id"])
-    path = cfg.table("item_embeddings")
-    delta_io.merge_arrow(_cast(rows, EMBEDDINGS_SCHEMA, path), path, ["item_id"])
     online = rows[["item_id", "encoder_version", "img", "txt", "fused", "has_img", "valid_from_ts"]].copy()
     online["img"] = [list(v) if v is not None else None for v in online["img"]]
     for name in ("txt", "fused"):
         online[name] = [list(v) for v in online[name]]
-    (store or open_store(cfg)).write_to_online_store("item_embeddings", online)
+    try:
+        publication.merge("items", _cast(frame, ITEMS_SCHEMA, cfg.table("items")))
+        path = cfg.table("item_embeddings")
+        publication.merge("item_embeddings", _cast(rows, EMBEDDINGS_SCHEMA, path), newer="updated_ts")
+        (store or open_store(cfg)).write_to_online_store("item_embeddings", online)
+    except BaseException:
+        publication.rollback()
+        raise
     return [{"item_id": int(i), "encoder_version": version, "has_img": bool(h),
              "status": "updated" if i in known else "created"} for i, h in zip(ids, rows["has_img"])]

@@ -4,13 +4,15 @@ Writes go through delta-spark when its JVM classes are on the classpath, else th
 (`deltalake`): Spark stages Parquet in parallel, then the driver streams those files as Arrow
 record batches into ONE Delta commit (never the whole table in driver memory). Reads return a
 Spark DataFrame over the table's live files only (superseded files of older versions are ignored).
-`merge_arrow` upserts a small Arrow table without Spark (new-item inference).
+Every delta-rs commit goes through `mminterest.tables.committed`: a conflict with a concurrent
+writer (new items from the ranker, another job) re-runs the commit on the newest snapshot.
+Spark-free readers and writers use `mminterest.tables` directly.
 """
 from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import pyarrow.dataset as pads
 from deltalake import DeltaTable, write_deltalake
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
+
+from mminterest.tables import committed, exists
 
 _BATCH_ROWS = 64_000
 
@@ -31,10 +35,6 @@ def delta_jvm_available(spark: SparkSession) -> bool:
         return True
     except Exception:  # py4j raises a generic Py4JJavaError on ClassNotFoundException
         return False
-
-
-def exists(path: str) -> bool:
-    return DeltaTable.is_deltatable(str(path))
 
 
 def read(spark: SparkSession, path: str) -> DataFrame:
@@ -59,49 +59,42 @@ def write(df: DataFrame, path: str, mode: str = "overwrite", predicate: str | No
             writer = writer.partitionBy(*partition_by)
         writer.save(path)
     else:
-        with _staged(df, path) as reader:
-            write_deltalake(path, reader, mode=mode, predicate=predicate,
-                            partition_by=list(partition_by) if partition_by else None,
-                            schema_mode="overwrite" if mode == "overwrite" and not predicate else None)
+        with _staged(df, path) as batches:
+            committed(path, lambda: write_deltalake(
+                path, batches(), mode=mode, predicate=predicate,
+                partition_by=list(partition_by) if partition_by else None,
+                schema_mode="overwrite" if mode == "overwrite" and not predicate else None))
     return DeltaTable(path).version()
 
 
-def merge(df: DataFrame, path: str, keys: Sequence[str]) -> int:
-    """Upsert `df` on `keys` (update matched rows, insert new ones); one commit. Returns the version."""
+def merge(df: DataFrame, path: str, keys: Sequence[str], newer: str | None = None) -> int:
+    """Upsert `df` on `keys` (update matched rows, insert new ones); one commit. Returns the version.
+    With `newer`, a matched row is replaced only by a source row whose `newer` column is not older."""
     if not exists(path):
         return write(df, path, mode="overwrite")
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    update = f"s.`{newer}` >= t.`{newer}`" if newer else None
     if delta_jvm_available(df.sparkSession):
         from delta.tables import DeltaTable as SparkDeltaTable
 
         (SparkDeltaTable.forPath(df.sparkSession, path).alias("t").merge(df.alias("s"), condition)
-         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+         .whenMatchedUpdateAll(update).whenNotMatchedInsertAll().execute())
     else:
-        with _staged(df, path) as reader:
-            (DeltaTable(path).merge(reader, condition, source_alias="s", target_alias="t")
-             .when_matched_update_all().when_not_matched_insert_all().execute())
-    return DeltaTable(path).version()
-
-
-def merge_arrow(table: pa.Table, path: str, keys: Sequence[str]) -> int:
-    """Spark-free upsert of an Arrow table on `keys` with delta-rs (small writes, e.g. new items in
-    a request); creates the table when absent. One commit; returns the version."""
-    if not exists(path):
-        write_deltalake(path, table, mode="overwrite")
-    else:
-        condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-        (DeltaTable(path).merge(table, condition, source_alias="s", target_alias="t")
-         .when_matched_update_all().when_not_matched_insert_all().execute())
+        with _staged(df, path) as batches:
+            committed(path, lambda: (DeltaTable(path).merge(batches(), condition, source_alias="s", target_alias="t")
+                                     .when_matched_update_all(predicate=update).when_not_matched_insert_all()
+                                     .execute()))
     return DeltaTable(path).version()
 
 
 @contextmanager
-def _staged(df: DataFrame, path: str) -> Iterator:
-    """Let Spark write `df` as Parquet in parallel; yield a streaming Arrow reader over those files."""
+def _staged(df: DataFrame, path: str) -> Iterator[Callable[[], pa.RecordBatchReader]]:
+    """Let Spark write `df` as Parquet in parallel; yield a factory of streaming Arrow readers over
+    those files (a retried commit reads them again)."""
     staging = Path(path).parent / "_staging" / uuid.uuid4().hex
     try:
         df.write.mode("overwrite").parquet(str(staging))
         files = sorted(str(p) for p in Path(staging).glob("*.parquet"))
-        yield pads.dataset(files, format="parquet").scanner(batch_size=_BATCH_ROWS).to_reader()
+        yield lambda: pads.dataset(files, format="parquet").scanner(batch_size=_BATCH_ROWS).to_reader()
     finally:
         shutil.rmtree(staging, ignore_errors=True)

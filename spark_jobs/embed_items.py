@@ -15,7 +15,6 @@ per-vector int8 storage would save and cost in cosine error (quantize.py, report
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -32,6 +31,7 @@ from pyspark.sql import functions as F
 from mminterest.config import Config, get_config
 from spark_jobs import delta_io
 from spark_jobs.job import require
+from training.content.item_rows import content_hash, embed_frame
 
 log = logging.getLogger("mminterest.embed_items")
 TABLE = "item_embeddings"
@@ -56,28 +56,6 @@ def encoder_for(folder: str, version: str, seed: int):
         _ENCODERS.clear()
         _ENCODERS[key] = encoder
     return _ENCODERS[key]
-
-
-def content_hash(version: str, text: str | None, category: str | None, image: bytes | str | None) -> str:
-    """sha256 hex of what an embedding depends on; `image` is the file's bytes or its path (read here)."""
-    digest = hashlib.sha256("\0".join([version, category or "", text or ""]).encode())
-    if isinstance(image, str):
-        try:
-            image = Path(image).read_bytes()
-        except OSError:
-            image = f"unreadable:{image}".encode()
-    digest.update(b"\0" + hashlib.sha256(image).digest() if image is not None else b"\0none")
-    return digest.hexdigest()
-
-
-def embed_frame(encoder, version: str, frame: pd.DataFrame, images: list, batch_size: int) -> pd.DataFrame:
-    """item_embeddings rows for `frame` (item_id, text, content_hash, valid_from_ts, updated_ts);
-    `images` (paths, PIL images or None) are row-aligned with it."""
-    out = encoder.embed(frame["text"].fillna("").tolist(), images, batch_size=batch_size)
-    has_img = out["img_mask"]
-    keep = frame[["item_id", "content_hash", "valid_from_ts", "updated_ts"]].reset_index(drop=True)
-    return keep.assign(encoder_version=version, img=[v if h else None for v, h in zip(out["img"], has_img)],
-                       txt=list(out["txt"]), fused=list(out["fused"]), has_img=has_img)
 
 
 def embedder(folder: str, version: str, seed: int, batch_size: int, threads: int):
@@ -226,7 +204,7 @@ def run(cfg: Config | None = None, spark: SparkSession | None = None, batch_size
             from spark_jobs.feature_checks import publish_gate
 
             publish_gate(check_frame(embedded, dim), "features_item_embeddings", checks(dim), cfg)
-            delta_io.merge(embedded, cfg.table(TABLE), ["item_id"])
+            delta_io.merge(embedded, cfg.table(TABLE), ["item_id"], newer="updated_ts")  # /items may be newer
         log.info("embed items [4/4] %s up to date", cfg.table(TABLE))
     finally:
         embedded.unpersist()
