@@ -209,27 +209,53 @@ def test_encoder_version_and_save_load_round_trip(encoder, catalogue, tmp_path):
     assert loaded.encoder_version() != version
 
 
-def test_mine_interest_pairs_and_hard_negatives(catalogue):
-    from training.content.csft import hard_negatives, mine_interest_pairs, split_pairs
-
+def _rated(rows) -> pd.DataFrame:
+    """(user, item, day, rating) rows -> interactions with event_ts and label (rating >= 4)."""
     t0 = pd.Timestamp("2020-01-01", tz="UTC")
-    minutes = [0, 10, 20, 30, 300, 0, 1, 2]
-    frame = pd.DataFrame({"user_id": [1, 1, 1, 1, 1, 2, 2, 2],
-                          "item_id": [10, 11, 12, 13, 14, 10, 10, 15],
-                          "event_ts": [t0 + pd.Timedelta(minutes=m) for m in minutes],
-                          "label": [1, 1, 0, 1, 1, 1, 1, 1]}).sample(frac=1, random_state=0)
-    pairs = mine_interest_pairs(frame, window=pd.Timedelta(hours=1))
-    # the negative (12) is skipped, the 4.5 h gap breaks 13 -> 14, a repeat of 10 makes no pair
-    assert list(zip(pairs.user_id, pairs.query_item, pairs.pos_item)) == [(1, 10, 11), (1, 11, 13), (2, 10, 15)]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "day", "rating"])
+    frame["event_ts"] = [t0 + pd.Timedelta(days=d) for d in frame.pop("day")]
+    frame["label"] = (frame["rating"] >= 4).astype(int)
+    return frame.sample(frac=1, random_state=0).reset_index(drop=True)
+
+
+def test_mine_interest_pairs_and_hard_negatives(catalogue):
+    from training.content.csft import PairConfig, hard_negatives, mine_interest_pairs, split_interest_pairs
+
+    frame = _rated([
+        # user 1's 80th percentile is 5: only the 5s are top; 15 is 29 days after 11 (window 14 days)
+        (1, 10, 0, 5.0), (1, 11, 1, 5.0), (1, 12, 1.5, 4.5), (1, 13, 2, 4.0), (1, 14, 3, 3.0), (1, 15, 30, 5.0),
+        # user 2 rates everything 4: all top; the repeat of 10 makes no (10, 10) pair
+        (2, 10, 0, 4.0), (2, 10, 0.001, 4.0), (2, 16, 2, 4.0),
+        (3, 10, 0, 3.0), (3, 11, 0, 3.5)])  # user 3: nothing at 4 or above
+    pairs = mine_interest_pairs(frame, PairConfig(window_days=14, partners=3))
+    assert list(zip(pairs.user_id, pairs.query_item, pairs.pos_item)) == [(1, 10, 11), (2, 10, 16)]
+    t0 = pd.Timestamp("2020-01-01", tz="UTC")
+    assert pairs["event_ts"].tolist() == [t0 + pd.Timedelta(days=1), t0 + pd.Timedelta(days=2)]  # later event
+    labels_only = frame.drop(columns="rating")  # no rating column: label == 1 events are top
+    assert len(mine_interest_pairs(labels_only, PairConfig(partners=5))) > len(pairs)
     numeric = frame.assign(event_ts=(frame["event_ts"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds())
-    assert len(mine_interest_pairs(numeric)) == 3
+    assert mine_interest_pairs(numeric)[["user_id", "query_item", "pos_item"]].equals(
+        pairs[["user_id", "query_item", "pos_item"]])
+
+    # a bulk rater: 60 top ratings within one day give at most 60 x partners pairs, not 60*59/2
+    bulk = _rated([(9, 100 + i, i / 100, 5.0) for i in range(60)])
+    n_bulk = len(mine_interest_pairs(bulk, PairConfig(partners=2)))
+    assert 60 <= n_bulk <= 120
+
+    # leakage guard: training pairs come from pre-cut events only; later ratings cannot change them
+    cut = pd.Timestamp("2020-01-20", tz="UTC")
+    train, held = split_interest_pairs(frame, cut)
+    assert (train["event_ts"] < cut).all() and (held["event_ts"] >= cut).all()
+    later = pd.concat([frame, _rated([(1, 20 + i, 25 + i, 3.0) for i in range(10)])])  # user 1's scale drops
+    train_later, _ = split_interest_pairs(later, cut)
+    assert train_later.equals(train)
+    assert split_interest_pairs(frame, None)[1].empty
+
     negs = hard_negatives(pairs, catalogue, seed=3)
     cat = dict(zip(catalogue.item_id, catalogue.category))
     for (_, row), neg in zip(pairs.iterrows(), negs):
         assert cat[neg] == cat[row.pos_item] and neg not in (row.pos_item, row.query_item)
     assert (negs == hard_negatives(pairs, catalogue, seed=3)).all()
-    train, held = split_pairs(pairs, 0.3)
-    assert len(train) + len(held) == 3 and held["event_ts"].min() >= train["event_ts"].max()
 
 
 def test_train_loops_metrics_and_cli(encoder, catalogue, tmp_path):
@@ -245,9 +271,18 @@ def test_train_loops_metrics_and_cli(encoder, catalogue, tmp_path):
     assert after_pretrain != before
     ids = catalogue["item_id"].tolist()
     pairs = pd.DataFrame({"query_item": ids, "pos_item": ids[1:] + ids[:1]})
+    text_before = encoder.text.model.encoder.layer[-1].output.dense.weight.detach().clone()
+    fusion_before = encoder.fusion[0].weight.detach().clone()
     summary = train_csft(encoder, catalogue, pairs, CsftConfig(batch_size=2, queue_batches=2, log_every=1))
     assert summary["steps"] == 4 and summary["n_negatives"] == 2 * 2 * (2 + 1) - 1
+    assert summary["mode"].startswith("cached") and len(summary["epoch_loss"]) == 1
+    assert torch.equal(encoder.text.model.encoder.layer[-1].output.dense.weight, text_before)  # backbone frozen
+    assert not torch.equal(encoder.fusion[0].weight, fusion_before)  # heads learn
     assert encoder.encoder_version() != after_pretrain
+    full = train_csft(encoder, catalogue, pairs, CsftConfig(batch_size=2, queue_batches=2, epochs=2,
+                                                            cached_features=False))
+    assert full["mode"] == "full" and full["steps"] == 8
+    assert not torch.equal(encoder.text.model.encoder.layer[-1].output.dense.weight, text_before)
     assert interest_recall_at_k(encoder, catalogue, pairs, k=7) == 1.0  # 7 = catalogue minus query
     assert image_text_recall_at_k(encoder, catalogue, k=4) == 1.0
     assert 0.0 <= interest_recall_at_k(encoder, catalogue, pairs, k=1) <= 1.0
@@ -271,6 +306,7 @@ def test_csft_under_torchrun_two_workers(encoder, catalogue, tmp_path):
     import subprocess
     import sys
 
+    from training.content.csft import mine_interest_pairs
     from training.content.encoders import MultimodalEncoder
 
     ids = catalogue["item_id"].tolist()
@@ -282,13 +318,14 @@ def test_csft_under_torchrun_two_workers(encoder, catalogue, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "training.content.cli", "csft", "--items", str(tmp_path / "items.parquet"),
            "--interactions", str(tmp_path / "inter.parquet"), "--ckpt", str(tmp_path / "start"),
-           "--out", str(tmp_path / "ft"), "--batch-size", "2", "--queue-batches", "2", "--heldout-fraction", "0"]
+           "--out", str(tmp_path / "ft"), "--batch-size", "2", "--queue-batches", "2", "--cut-quantile", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
-    # 14 pairs, 7 per worker: 3 steps of N = 2 on P = 2 workers; the queue (k = 2) is full at step 3
-    assert summary["workers"] == 2 and summary["steps"] == 3
+    n_pairs = len(mine_interest_pairs(pd.read_parquet(tmp_path / "inter.parquet")))
+    # n_pairs // 2 per worker, in steps of N = 2 on P = 2 workers; the queue (k = 2) is full from step 3
+    assert n_pairs >= 12 and summary["workers"] == 2 and summary["steps"] == (n_pairs // 2) // 2
     assert summary["n_negatives"] == 2 * 2 * 2 * (2 + 1) - 1
     assert MultimodalEncoder.load(tmp_path / "ft").encoder_version() not in (start, "")
 

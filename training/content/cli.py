@@ -2,7 +2,9 @@
 
 Runs in one process or under `torchrun --nproc_per_node=P` (gloo). Inputs are Parquet files read
 with pandas: items (item_id, text, category, image_path: null = no image, relative paths resolve
-against the items file's folder) and interactions (user_id, item_id, event_ts, label).
+against the items file's folder) and interactions (user_id, item_id, event_ts, rating and/or label).
+Interest pairs (training/content/csft.py): training pairs from the events before the --cut-quantile
+event-time cut only, held-out pairs (evaluate) with their later event at or after it.
 pretrain/csft save the encoder (state_dict + config.json with its version) to --out on rank 0,
 evaluate writes metrics.json; every stage writes summary.json and logs a one-line summary.
 """
@@ -48,11 +50,21 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-scale", type=float, default=1.0, help="multiplies every learning rate (OptimConfig)")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--beta", type=float, default=0.5)
-    parser.add_argument("--window-minutes", type=float, default=60.0, help="max gap of an interest pair")
-    parser.add_argument("--heldout-fraction", type=float, default=0.1, help="latest share of pairs held out")
+    parser.add_argument("--cut-quantile", type=float, default=0.8,
+                        help="event-time quantile of interactions splitting training / held-out pairs (1 = none)")
+    parser.add_argument("--pair-min-rating", type=float, default=4.0, help="interest pair: rating floor")
+    parser.add_argument("--pair-user-quantile", type=float, default=0.8,
+                        help="interest pair: at least this quantile of the user's own ratings")
+    parser.add_argument("--pair-window-days", type=float, default=14.0, help="interest pair: max days apart")
+    parser.add_argument("--pair-partners", type=int, default=3, help="interest pair: partners per top event")
+    parser.add_argument("--full-finetune", action="store_true",
+                        help="csft: re-encode through the trainable backbone layers every step (GPU) instead of "
+                             "training the heads on cached backbone features")
     parser.add_argument("--k", type=int, default=10, help="recall@k")
     parser.add_argument("--text-source", default="minilm", help='"minilm", "tiny" or a local model folder')
-    parser.add_argument("--image-source", default="", help="local ViT checkpoint folder (default: small ViT)")
+    parser.add_argument("--image-source", default="efficientnet-lite0",
+                        help='"efficientnet-lite0" (packaged, pretrained), "vit" (small seeded ViT) or a local ViT folder')
+    parser.add_argument("--image-size", type=int, help="image input pixels (default: the image source's)")
     parser.add_argument("--text-trainable-layers", type=int, default=1)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--seed", type=int, default=7)
@@ -88,19 +100,30 @@ def _encoder(args):
     if args.ckpt:
         return MultimodalEncoder.load(args.ckpt)
     return base_encoder(EncoderConfig(dim=args.dim, text_source=args.text_source, image_source=args.image_source,
-                                      text_trainable_layers=args.text_trainable_layers), seed=args.seed)
+                                      image_size=args.image_size, text_trainable_layers=args.text_trainable_layers),
+                        seed=args.seed)
 
 
-def _pairs(args, items: pd.DataFrame, interactions: pd.DataFrame, split=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from training.content.csft import mine_interest_pairs, split_pairs
+def _pairs(args, items: pd.DataFrame, interactions: pd.DataFrame, cut) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training, held-out) interest pairs split at `cut`, mined on all interactions (each user's own
+    rating scale), then kept where both items are in `items`."""
+    from training.content.csft import PairConfig, split_interest_pairs
 
-    interactions = interactions[interactions["item_id"].isin(items["item_id"])]
-    pairs = mine_interest_pairs(interactions, pd.Timedelta(minutes=args.window_minutes))
-    train, heldout = split(pairs) if split else split_pairs(pairs, args.heldout_fraction)
+    pair_cfg = PairConfig(min_rating=args.pair_min_rating, user_quantile=args.pair_user_quantile,
+                          window_days=args.pair_window_days, partners=args.pair_partners)
+    train, heldout = split_interest_pairs(interactions, cut, pair_cfg)
+    known = set(items["item_id"].astype("int64"))
+    train, heldout = (p.loc[p["query_item"].isin(known) & p["pos_item"].isin(known)].reset_index(drop=True)
+                      for p in (train, heldout))
     if args.max_pairs > 0:
         train = train.tail(args.max_pairs).reset_index(drop=True)
-    log.info("interest pairs: %d mined, %d train, %d held out", len(pairs), len(train), len(heldout))
+    log.info("interest pairs (%s, cut %s): %d train, %d held out", pair_cfg, cut, len(train), len(heldout))
     return train, heldout
+
+
+def time_cut(interactions: pd.DataFrame, quantile: float):
+    """The event time before which C-SFT may learn: the `quantile` of event_ts (None when >= 1)."""
+    return None if quantile >= 1.0 else interactions["event_ts"].quantile(quantile)
 
 
 def _optim(args):
@@ -117,11 +140,9 @@ def run(args) -> dict:
     return run_frames(args, read_items(args.items), interactions, args.out)
 
 
-def run_frames(args, items: pd.DataFrame, interactions: pd.DataFrame | None, out: Path,
-               split=None) -> dict:
+def run_frames(args, items: pd.DataFrame, interactions: pd.DataFrame | None, out: Path) -> dict:
     """Run `args.stage` on in-memory frames and save to `out` on rank 0: the encoder (pretrain,
-    csft; summary.json) or metrics.json (evaluate). `split(pairs) -> (train, heldout)` overrides
-    the held-out split (default: the latest --heldout-fraction of pairs)."""
+    csft; summary.json) or metrics.json (evaluate). Pairs split at the --cut-quantile time cut."""
     from training import distributed as dist_utils
     items = most_engaged(items, interactions, args.max_items)
     if args.stage != "pretrain" and interactions is None:
@@ -138,15 +159,15 @@ def run_frames(args, items: pd.DataFrame, interactions: pd.DataFrame | None, out
     elif args.stage == "csft":
         from training.content.csft import CsftConfig, train_csft
 
-        train, heldout = _pairs(args, items, interactions, split)
+        train, heldout = _pairs(args, items, interactions, time_cut(interactions, args.cut_quantile))
         ft_cfg = CsftConfig(epochs=args.epochs, batch_size=args.batch_size or 32, queue_batches=args.queue_batches,
-                            alpha=args.alpha, beta=args.beta, max_steps=args.max_steps, seed=args.seed,
-                            optim=_optim(args))
+                            alpha=args.alpha, beta=args.beta, cached_features=not args.full_finetune,
+                            max_steps=args.max_steps, seed=args.seed, optim=_optim(args))
         summary = train_csft(encoder, items, train, ft_cfg) | {"heldout_pairs": len(heldout)}
     elif dist_utils.rank() == 0:
         from training.content.evaluate import embed_items, image_text_recall_at_k, interest_recall_at_k
 
-        _, heldout = _pairs(args, items, interactions, split)
+        _, heldout = _pairs(args, items, interactions, time_cut(interactions, args.cut_quantile))
         start = time.time()
         emb = embed_items(encoder, items)
         summary = {"stage": "evaluate", "items": len(items), "heldout_pairs": len(heldout), "k": args.k,

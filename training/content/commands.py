@@ -8,8 +8,9 @@ encoder to <models_dir>/content/<encoder_version>/ (with summary.json); evaluate
 saved encoder (what `mmi embed items` and new-item inference then use).
 
 Time split, the same as the CTR evaluation's: the cut is the 80% event-time quantile of the
-interactions (--cut-quantile). C-SFT trains only on interest pairs whose later event lies before the
-cut; the pairs at or after it are the held-out pairs that `evaluate` scores (recall@k).
+interactions (--cut-quantile). C-SFT trains only on interest pairs mined from the events before the
+cut (so their later event lies before it); the pairs whose later event is at or after the cut are the
+held-out pairs that `evaluate` scores (recall@k). Pair definition: training/content/csft.py.
 Under `torchrun --nproc_per_node=P -m mminterest.cli content csft ...` the stage runs on P workers.
 """
 from __future__ import annotations
@@ -32,20 +33,9 @@ def _frames(cfg):
     require(cfg, "items", "interactions")
     items = DeltaTable(cfg.table("items")).to_pandas(columns=["item_id", "text", "category", "image_path"])
     interactions = DeltaTable(cfg.table("interactions")).to_pandas(
-        columns=["user_id", "item_id", "event_ts", "label"])
+        columns=["user_id", "item_id", "event_ts", "rating", "label"])
     interactions["event_ts"] = pd.to_datetime(interactions["event_ts"], utc=True)
     return items, interactions
-
-
-def time_cut(interactions, quantile: float):
-    """The event time before which C-SFT may learn: the `quantile` of the interactions' event_ts."""
-    return interactions["event_ts"].quantile(quantile)
-
-
-def split_at(pairs, cut):
-    """(pairs whose positive event is before `cut`, the others)."""
-    before = pairs["event_ts"] < cut
-    return pairs.loc[before].reset_index(drop=True), pairs.loc[~before].reset_index(drop=True)
 
 
 def resolve_encoder(cfg, ref: str | Path | None) -> Path | None:
@@ -61,7 +51,7 @@ def resolve_encoder(cfg, ref: str | Path | None) -> Path | None:
 def _stage(args) -> int:
     from mminterest.config import get_config
     from training import distributed as dist_utils
-    from training.content.cli import run_frames
+    from training.content.cli import run_frames, time_cut
 
     cfg = get_config()
     items, interactions = _frames(cfg)
@@ -71,7 +61,7 @@ def _stage(args) -> int:
     staging = root / f"_staging-{os.getpid()}"
     dist_utils.init_from_env()
     try:
-        summary = run_frames(args, items, interactions, staging, split=lambda pairs: split_at(pairs, cut))
+        summary = run_frames(args, items, interactions, staging)
     finally:
         dist_utils.shutdown()
     if dist_utils.rank() != 0:
@@ -123,8 +113,6 @@ def register(sub) -> None:
     for stage, text in helps.items():
         parser = stages.add_parser(stage, help=text)
         add_options(parser)
-        parser.add_argument("--cut-quantile", type=float, default=0.8,
-                            help="event-time quantile of interactions splitting train / held-out pairs")
         parser.set_defaults(func=_stage)
     parser = stages.add_parser("promote", help="make cfg.encoder_dir point at a saved encoder")
     parser.add_argument("encoder", help="encoder folder or version under models/content")

@@ -17,15 +17,18 @@ log = logging.getLogger(__name__)
 class OptimConfig:
     lr_heads: float = 1e-3  # projections + TFN MLP
     lr_text: float = 5e-5  # trainable top layers of the pre-trained text model
-    lr_image: float = 3e-4  # image tower (trained from scratch by default)
+    lr_image: float = 1e-4  # trainable image layers (top block of the pretrained EfficientNet by default)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
 
 
-def make_optimizer(encoder: MultimodalEncoder, cfg: OptimConfig) -> torch.optim.Optimizer:
+def make_optimizer(encoder: MultimodalEncoder, cfg: OptimConfig,
+                   parts: tuple[str, ...] | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of `parts` (default all: text, image, heads)."""
     groups = encoder.param_groups()
     lrs = {"text": cfg.lr_text, "image": cfg.lr_image, "heads": cfg.lr_heads}
-    params = [{"params": groups[name], "lr": lrs[name], "name": name} for name in lrs if groups[name]]
+    params = [{"params": groups[name], "lr": lrs[name], "name": name} for name in lrs
+              if groups[name] and (parts is None or name in parts)]
     return torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
 
 
