@@ -24,7 +24,8 @@ def _train(args) -> int:
 
     try:
         run_dir, metrics = runs.train(get_config(), args.model, args.trainset, args.seed, args.epochs,
-                                      args.batch_size, args.lr, args.nproc, args.max_steps, args.set)
+                                      args.batch_size, args.lr, args.nproc, args.max_steps, args.set,
+                                      patience=args.patience)
     except (FileNotFoundError, runs.RunError) as err:
         return fail(err)
     print(f"run {run_dir.name}: validation AUC {metrics['auc']:.4f} GAUC {metrics['gauc']:.4f} "
@@ -65,18 +66,17 @@ def _experiment(args) -> int:
     from training import experiment, runs
 
     try:
-        experiment.run(get_config(), args.models.split(","), args.seeds, args.trainset, args.name, args.epochs,
-                       args.batch_size, args.lr, args.set, args.max_steps, args.nproc)
-    except (FileNotFoundError, runs.RunError) as err:
+        experiment.run(get_config(), args.config, args.jobs)
+    except (FileNotFoundError, ValueError, runs.RunError) as err:
         return fail(err)
     return 0
 
 
-def _training_args(p, seed: bool = True) -> None:
+def _training_args(p) -> None:
     p.add_argument("--trainset", default="default", help="training-set name or directory (default: %(default)s)")
-    if seed:
-        p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=20, help="most epochs; early stopping decides (default: %(default)s)")
+    p.add_argument("--patience", type=int, default=2, help="epochs without a better validation AUC before stopping")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-steps", type=int, default=0, help="cap on steps per epoch (0: a full pass)")
@@ -113,9 +113,9 @@ def register(sub) -> None:
     promote.add_argument("--run", help="run id or directory (default: the latest run)")
     promote.set_defaults(func=_promote)
 
-    exp = sub.add_parser("experiment", help="models x seeds -> reports/experiments/NAME (results.md/csv, plots)")
-    exp.add_argument("--models", required=True, help="comma-separated model names")
-    exp.add_argument("--seeds", type=int, default=3)
-    exp.add_argument("--name", help="report name (default: UTC time)")
-    _training_args(exp, seed=False)
+    exp = sub.add_parser("experiment", help="a named comparison (YAML: models, protocols, claims) -> "
+                         "reports/experiments/NAME (tables, paired differences, verdicts, plots)")
+    exp.add_argument("--config", default="training/experiments/default.yaml",
+                     help="experiment YAML (default: %(default)s)")
+    exp.add_argument("--jobs", type=int, help="runs at once (default: the YAML's jobs)")
     exp.set_defaults(func=_experiment)

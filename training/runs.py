@@ -55,14 +55,15 @@ def spawn(module: str, args: list[str], nproc: int = 1) -> None:
         raise RunError(f"{module} exited {done.returncode}: {' '.join(argv)}")
 
 
-def train(cfg: Config, model: str, trainset: str, seed: int = 0, epochs: int = 1, batch_size: int = 256,
+def train(cfg: Config, model: str, trainset: str, seed: int = 0, epochs: int = 20, batch_size: int = 256,
           lr: float = 1e-3, nproc: int = 1, max_steps: int = 0, overrides: list[str] | None = None,
-          out: Path | None = None) -> tuple[Path, dict]:
-    """Train one model in .venv-train; (run dir, its metrics.json)."""
+          out: Path | None = None, patience: int = 2) -> tuple[Path, dict]:
+    """Train one model in .venv-train (at most `epochs`, early stopping after `patience` epochs
+    without a better validation AUC); (run dir, its metrics.json)."""
     out = out or new_run_dir(cfg, model, seed)
     args = ["--model", model, "--trainset", str(trainset_path(cfg, trainset)), "--out", str(out),
             "--seed", str(seed), "--epochs", str(epochs), "--batch-size", str(batch_size), "--lr", str(lr),
-            "--max-steps", str(max_steps)]
+            "--max-steps", str(max_steps), "--patience", str(patience)]
     spawn("training.train", args + (["--set", *overrides] if overrides else []), nproc)
     return out, read_metrics(out)
 

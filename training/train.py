@@ -1,7 +1,10 @@
 """Train and evaluate one CTR model on a Parquet training set (runs in .venv-train; also under torchrun).
 
 `python -m training.train --model din --trainset DIR --out RUN_DIR [--seed --epochs ...]` trains on the
-train split (BCE + the model's aux loss, Adam), then rank 0 evaluates valid and test and writes the run
+train split (BCE + the model's aux loss, Adam) to convergence: after each epoch the validation AUC is
+measured, the learning rate halves when it did not improve (ReduceLROnPlateau), training stops after
+`patience` epochs without improvement (or at `--epochs`, a cap), and the best epoch's weights are
+kept. The epoch count is an outcome. Then rank 0 evaluates valid and test and writes the run
 directory of CONTRACTS.md: `CTRModel.save` output, vocab.json, metrics.json (validation AUC, GAUC, logloss
 at the top level, test metrics under "test") and test_predictions.npz (user_id, label, score, item_age_s,
 known_item) for the cold-start breakdown. Under `torchrun --nproc_per_node=K` (gloo) each rank reads every
@@ -10,6 +13,7 @@ K-th row with batch_size / K rows per step, so the global batch and the number o
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import time
@@ -55,12 +59,28 @@ def evaluate(model: CTRModel, root: str | Path, split: str, batch_size: int = 10
     return predict(model, make_loader(root, split, batch_size))
 
 
-def train(root: str | Path, model_name: str, out: str | Path, seed: int = 0, epochs: int = 1,
-          batch_size: int = 256, lr: float = 1e-3, max_steps: int = 0, threads: int = 1,
+class EarlyStopping:
+    """Best-so-far tracking on a score to maximise: keeps the best weights, says when to stop."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_epoch, self.state = patience, float("-inf"), -1, None
+        self.history: list[float] = []
+
+    def update(self, epoch: int, score: float, model: torch.nn.Module) -> bool:
+        """Record `score` of `epoch`; True when training should stop."""
+        self.history.append(score)
+        if score > self.best:
+            self.best, self.best_epoch, self.state = score, epoch, copy.deepcopy(model.state_dict())
+        return epoch - self.best_epoch >= self.patience
+
+
+def train(root: str | Path, model_name: str, out: str | Path, seed: int = 0, epochs: int = 20,
+          batch_size: int = 256, lr: float = 1e-3, max_steps: int = 0, threads: int = 1, patience: int = 2,
           **overrides) -> dict | None:
-    """Train `model_name` on `root`'s train split; on rank 0 evaluate and write the run dir `out` and
-    return its metrics (None on other ranks). `max_steps` > 0 caps the steps per epoch. `threads`: torch
-    intra-op threads per process (1: small CTR batches gain nothing from more, and shared cores thrash)."""
+    """Train `model_name` on `root`'s train split for at most `epochs` epochs, stopping after `patience`
+    epochs without a better validation AUC; on rank 0 evaluate the best epoch's weights, write the run
+    dir `out` and return its metrics (None on other ranks). `max_steps` > 0 caps the steps per epoch.
+    `threads`: torch intra-op threads per process (1: small CTR batches gain nothing from more)."""
     distributed.init_from_env()
     torch.set_num_threads(threads)
     world, rank = distributed.world_size(), distributed.rank()
@@ -73,6 +93,9 @@ def train(root: str | Path, model_name: str, out: str | Path, seed: int = 0, epo
     model = build_model(model_name, model_config(info, **overrides))
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     opt = torch.optim.Adam(net.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)
+    stopper = EarlyStopping(patience)
+    valid_loader = make_loader(root, "valid", 1024, vocab=vocab)
     loader = make_loader(root, "train", batch_size // world, shuffle=True, seed=seed, rank=rank, world=world,
                          vocab=vocab)
     batches: TrainsetBatches = loader.dataset  # type: ignore[assignment]
@@ -91,19 +114,33 @@ def train(root: str | Path, model_name: str, out: str | Path, seed: int = 0, epo
             opt.step()
             total += float(loss.detach())
             seen += len(batch["label"]) * world
-            if rank == 0 and (step + 1) % max(1, steps // 4) == 0:
+            if rank == 0 and (step + 1) % max(1, steps // 2) == 0:
                 print(f"  {model_name} seed {seed} epoch {epoch + 1}/{epochs} step {step + 1}/{steps} "
                       f"loss {total / (step + 1):.4f}", flush=True)
+        valid = predict(model, valid_loader)  # every rank: the same weights, hence the same decision
+        valid_auc = auc(valid["label"], valid["score"])
+        schedule.step(valid_auc)
+        stop = stopper.update(epoch, valid_auc, model)
+        if rank == 0:
+            print(f"  {model_name} seed {seed} epoch {epoch + 1}: valid AUC {valid_auc:.4f} (best "
+                  f"{stopper.best:.4f} at epoch {stopper.best_epoch + 1}), lr {opt.param_groups[0]['lr']:.2g}",
+                  flush=True)
+        if stop:
+            break
+    model.load_state_dict(stopper.state)
     train_s = time.time() - started
     result = None
     if rank == 0:
-        result = finish(model, root, out, model_name, seed, epochs, batch_size, lr, train_s, seen, world, overrides)
+        convergence = {"epochs_run": len(stopper.history), "best_epoch": stopper.best_epoch + 1, "max_epochs": epochs,
+                       "patience": patience, "valid_auc_per_epoch": [round(a, 5) for a in stopper.history]}
+        result = finish(model, root, out, model_name, seed, convergence, batch_size, lr, train_s, seen, world,
+                        overrides)
     distributed.barrier()
     distributed.shutdown()
     return result
 
 
-def finish(model: CTRModel, root, out, model_name: str, seed: int, epochs: int, batch_size: int, lr: float,
+def finish(model: CTRModel, root, out, model_name: str, seed: int, convergence: dict, batch_size: int, lr: float,
            train_s: float, seen: int, world: int, overrides: dict) -> dict:
     """Evaluate valid and test, write the run directory, return metrics.json's content."""
     valid, test = evaluate(model, root, "valid"), evaluate(model, root, "test")
@@ -112,7 +149,7 @@ def finish(model: CTRModel, root, out, model_name: str, seed: int, epochs: int, 
     shutil.copy(Path(root) / VOCAB_FILE, out / VOCAB_FILE)
     np.savez(out / "test_predictions.npz", **test)  # type: ignore[arg-type]
     metrics: dict = {**scores(valid), "test": scores(test), "model": model_name, "trainset": str(Path(root).resolve()),
-               "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "world": world,
+               "seed": seed, **convergence, "batch_size": batch_size, "lr": lr, "world": world,
                "overrides": overrides, "train_seconds": round(train_s, 2),
                "train_samples_per_s": round(seen / max(train_s, 1e-9), 1)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -141,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trainset", required=True, help="training-set directory")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=20, help="most epochs (early stopping decides)")
+    p.add_argument("--patience", type=int, default=2, help="epochs without a better validation AUC before stopping")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-steps", type=int, default=0, help="cap on steps per epoch (0: a full pass)")
@@ -149,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="ModelConfig overrides")
     args = p.parse_args(argv)
     train(args.trainset, args.model, args.out, args.seed, args.epochs, args.batch_size, args.lr, args.max_steps,
-          args.threads, **parse_overrides(args.set))
+          args.threads, args.patience, **parse_overrides(args.set))
     return 0
 
 

@@ -110,15 +110,59 @@ def test_platform_cli_train_promote_and_experiment_report(tmp_path):
     evaluated = cli("evaluate", "--split", "test")
     assert evaluated.returncode == 0 and "item age decile 9" in evaluated.stdout, evaluated.stderr[-2000:]
 
-    done = cli("experiment", "--models", "din,ciubm_din", "--seeds", "2", "--trainset", "syn", "--name", "e",
-               *FAST)
+    spec = tmp_path / "e.yaml"
+    spec.write_text(SPEC)
+    done = cli("experiment", "--config", str(spec))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "[4/4] ciubm_din seed 8" in done.stdout
+    assert "[14/14]" in done.stdout  # temporal 2 models x 2 seeds + 2 gbdt; 2 user folds x (2 + 2)
     report = home / "reports" / "experiments" / "e"
-    assert {p.name for p in report.iterdir()} >= {"results.md", "results.csv", "runs.csv", "cold_start.csv",
-                                                  "auc.png", "cold_start_gain.png", "config.json"}
-    results = pd.read_csv(report / "results.csv")
-    assert results["model"].tolist() == ["din", "ciubm_din"] and (results["runs"] == 2).all()
-    assert (results["auc_std"] > 0).all() and results["auc_mean"].between(0.6, 1.0).all()
-    assert "ciubm_din - din" in (report / "results.md").read_text()
-    assert json.loads((report / "config.json").read_text())["seeds"] == [7, 8]
+    assert {p.name for p in report.iterdir()} >= {"results.md", "runs.csv", "differences.csv", "cold_start.csv",
+                                                  "auc_difference.png", "cold_start_gain.png", "spec.yaml"}
+    per_run = pd.read_csv(report / "runs.csv")
+    assert per_run.groupby("protocol").size().to_dict() == {"temporal": 6, "user-kfold": 8}
+    assert per_run["auc"].between(0.6, 1.0).all()
+    neural = per_run[~per_run.model.str.startswith("gbdt")]
+    assert (neural.epochs_run <= 3).all() and (neural.best_epoch <= neural.epochs_run).all()
+    diffs = pd.read_csv(report / "differences.csv")
+    assert set(diffs.protocol) == {"temporal", "user-kfold"} and (diffs.low <= diffs["diff"]).all()
+    assert (diffs["diff"] <= diffs.high).all()
+    text = (report / "results.md").read_text()
+    assert "CiUBM lifts DIN" in text and ("**shown**" in text or "**not shown**" in text)
+    again = cli("experiment", "--config", str(spec))  # every run exists: nothing is trained again
+    assert again.returncode == 0 and "epoch 1" not in again.stdout
+
+
+SPEC = """
+name: e
+trainset: syn
+baseline: din
+models: [din, {name: ciubm_din, model: ciubm_din, set: {emb_dim: 8}}]
+protocols:
+  temporal: {seeds: [7, 8]}
+  user-kfold: {folds: 2, seeds: [7]}
+train: {max_epochs: 3, patience: 1, batch_size: 32}
+gbdt: true
+bootstrap: 50
+jobs: 2
+claims:
+  - claim: "CiUBM lifts DIN"
+    pairs: [[ciubm_din, din]]
+"""
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
+    import torch
+
+    from training.train import EarlyStopping
+
+    model = torch.nn.Linear(2, 1)
+    stopper = EarlyStopping(patience=2)
+    decisions = []
+    for epoch, score in enumerate([0.60, 0.70, 0.69, 0.71, 0.70, 0.705]):
+        with torch.no_grad():
+            model.bias.fill_(float(epoch))
+        decisions.append(stopper.update(epoch, score, model))
+    assert decisions == [False, False, False, False, False, True]
+    assert stopper.best_epoch == 3 and stopper.best == 0.71
+    model.load_state_dict(stopper.state)
+    assert float(model.bias) == 3.0  # the best epoch's weights, not the last
