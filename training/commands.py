@@ -22,9 +22,11 @@ def _train(args) -> int:
     from mminterest.config import get_config
     from training import runs
 
+    cfg = get_config()
     try:
-        run_dir, metrics = runs.train(get_config(), args.model, args.trainset, args.seed, args.epochs,
+        run_dir, metrics = runs.train(cfg, args.model, args.trainset, args.seed, args.epochs,
                                       args.batch_size, args.lr, args.nproc, args.max_steps, args.set,
+                                      out=runs.named_run_dir(cfg, args.run_name) if args.run_name else None,
                                       patience=args.patience)
     except (FileNotFoundError, runs.RunError) as err:
         return fail(err)
@@ -39,10 +41,11 @@ def _evaluate(args) -> int:
 
     cfg = get_config()
     try:
-        run_dir = runs.run_path(cfg, args.run)
-        trainset = args.trainset or runs.read_metrics(run_dir)["trainset"]
-        runs.spawn("training.evaluate", ["--run", str(run_dir), "--trainset",
-                                         str(runs.trainset_path(cfg, trainset)), "--split", args.split])
+        for run in args.run or [None]:
+            run_dir = runs.run_path(cfg, run)
+            trainset = args.trainset or runs.read_metrics(run_dir)["trainset"]
+            runs.spawn("training.evaluate", ["--run", str(run_dir), "--trainset",
+                                             str(runs.trainset_path(cfg, trainset)), "--split", args.split])
     except (FileNotFoundError, runs.RunError) as err:
         return fail(err)
     return 0
@@ -54,7 +57,8 @@ def _promote(args) -> int:
 
     cfg = get_config()
     try:
-        promoted, reason = runs.promote(cfg, runs.run_path(cfg, args.run))
+        candidates = [runs.run_path(cfg, run) for run in args.run or [None]]
+        promoted, reason = runs.promote(cfg, runs.best_run(candidates))
     except (FileNotFoundError, FileExistsError) as err:
         return fail(err)
     print(reason)
@@ -98,11 +102,12 @@ def register(sub) -> None:
     train = sub.add_parser("train", help="train a CTR model (in .venv-train) -> <home>/models/ctr/<run>")
     train.add_argument("--model", default="din", metavar="NAME",
                        help="a model of training/models: din, dmae, simtier, ciubm_din, ... (default: %(default)s)")
+    train.add_argument("--run-name", help="run id (default: UTC time, model, seed); an orchestrator passes its own")
     _training_args(train)
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="AUC, GAUC, logloss and the cold-start breakdown of a run")
-    evaluate.add_argument("--run", help="run id or directory (default: the latest run)")
+    evaluate.add_argument("--run", nargs="+", help="run ids or directories (default: the latest run)")
     evaluate.add_argument("--trainset", help="training set (default: the run's)")
     evaluate.add_argument("--split", default="valid", choices=("train", "valid", "test"),
                           help="default: %(default)s (the split promotion compares on)")
@@ -110,7 +115,8 @@ def register(sub) -> None:
 
     promote = sub.add_parser("promote", help=f"point the served model at a run if its validation AUC is better "
                              f"(else exit {SKIPPED})")
-    promote.add_argument("--run", help="run id or directory (default: the latest run)")
+    promote.add_argument("--run", nargs="+", help="candidate run ids or directories: the best on validation AUC "
+                         "is the one compared (default: the latest run)")
     promote.set_defaults(func=_promote)
 
     exp = sub.add_parser("experiment", help="a named comparison (YAML: models, protocols, claims) -> "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +30,12 @@ def trainset_path(cfg: Config, name: str) -> Path:
     if not (path / "meta.json").exists():
         raise FileNotFoundError(f"no training set at {path}; run `mmi trainset build --name {path.name}` first")
     return path
+
+
+def named_run_dir(cfg: Config, name: str) -> Path:
+    """`<models_dir>/ctr/<name>` with every character outside [A-Za-z0-9._-] replaced by '-' (an
+    orchestrator's run id such as "scheduled__2026-12-03T00:00:00+00:00-din")."""
+    return cfg.models_dir / "ctr" / re.sub(r"[^A-Za-z0-9._-]", "-", name).strip(".-")
 
 
 def new_run_dir(cfg: Config, model: str, seed: int) -> Path:
@@ -80,6 +87,11 @@ def latest_run(cfg: Config) -> Path:
     return runs[-1]
 
 
+def best_run(candidates: list[Path]) -> Path:
+    """The candidate with the highest validation AUC (the first of equals)."""
+    return max(candidates, key=lambda run: read_metrics(run)["auc"])
+
+
 def promote(cfg: Config, run: Path) -> tuple[bool, str]:
     """Point `cfg.model_dir` at `run` when its validation AUC beats the promoted model's (or none is
     promoted); (promoted?, one-line reason)."""
@@ -109,7 +121,7 @@ def run_path(cfg: Config, run: str | None) -> Path:
     """A run by id (under <models_dir>/ctr) or directory; None: the latest run."""
     if run is None:
         return latest_run(cfg)
-    path = Path(run) if "/" in run else cfg.models_dir / "ctr" / run
+    path = Path(run) if "/" in run else named_run_dir(cfg, run)
     if not (path / METRICS_FILE).exists():
         raise FileNotFoundError(f"no trained run at {path}")
     return path

@@ -40,8 +40,8 @@ ENTRY_POINTS = {
         "features_apply": ("mmi", "features apply"),
         "features_materialize": ("mmi", "features materialize")},
     "mm_training": {
-        "trainset_build": ("mmi", "trainset build"), "train": ("mmi", "train"),
-        "evaluate": ("mmi", "evaluate"), "promote": ("mmi", "promote")},
+        "trainset_build": ("mmi", "trainset build"), "train_din": ("mmi", "train"),
+        "train_content": ("mmi", "train"), "evaluate": ("mmi", "evaluate"), "promote": ("mmi", "promote")},
     "mm_new_items": {
         "embed_new_items": ("spark", "embed_items"),
         "features_materialize": ("mmi", "features materialize")},
@@ -51,8 +51,8 @@ UPSTREAM = {
         "ingest": set(), "embed_items": {"ingest"}, "behaviour": {"ingest"},
         "interest_features": {"embed_items", "behaviour"}, "features_apply": {"interest_features"},
         "features_materialize": {"features_apply"}},
-    "mm_training": {"trainset_build": set(), "train": {"trainset_build"}, "evaluate": {"train"},
-                    "promote": {"evaluate"}},
+    "mm_training": {"trainset_build": set(), "train_din": {"trainset_build"}, "train_content": {"trainset_build"},
+                    "evaluate": {"train_din", "train_content"}, "promote": {"evaluate"}},
     "mm_new_items": {"embed_new_items": set(), "features_materialize": {"embed_new_items"}},
 }
 # what a successful task of mm_feature_pipeline leaves behind (Delta tables, with their keys)
@@ -154,8 +154,8 @@ def test_every_task_runs_its_entry_point_with_the_logical_date(probe):
                 assert f'{venv_bin}/spark-submit --master "$MMI_SPARK_MASTER"' in cmd
                 assert cmd.rstrip().endswith(f" spark_jobs/{name}.py")
                 assert f"PYSPARK_PYTHON={venv_bin}/python" in cmd
-            else:
-                assert cmd.rstrip().endswith(f"{venv_bin}/mmi {name}")
+            else:  # `mmi <name>`, options after it
+                assert cmd.rstrip().splitlines()[-1].split(" --")[0] == f"exec {venv_bin}/mmi {name}"
             assert f"export PYTHONPATH={REPO_ROOT}" in cmd and "set -euo pipefail" in cmd
             assert task["append_env"] is True
             assert "dag_run.logical_date" in task["env"]["MMI_LOGICAL_DATE"]
@@ -163,6 +163,10 @@ def test_every_task_runs_its_entry_point_with_the_logical_date(probe):
             assert task["timeout"] and task["timeout"] > 0, f"{dag_id}.{task_id}: no timeout"
             assert task["retries"] >= (0 if task_id == "promote" else 1), f"{dag_id}.{task_id}"
             assert task["max_active_tis_per_dag"] == 1  # never twice at once (backfill + schedule)
+    # training hand-offs name this DAG run's runs explicitly, never "the latest run"
+    tasks = probe["dags"]["mm_training"]["tasks"]
+    for task_id in ("train_din", "train_content", "evaluate", "promote"):
+        assert "--run" in tasks[task_id]["bash_command"] and "{{ run_id }}" in tasks[task_id]["bash_command"]
     # the writers of item_embeddings and of the online store never overlap across DAGs
     for dag_id, task_id, pool in [("mm_feature_pipeline", "embed_items", "mm_item_embeddings"),
                                   ("mm_new_items", "embed_new_items", "mm_item_embeddings"),
@@ -289,6 +293,9 @@ def test_training_dag_runs_on_the_features(feature_run):
     if feature_run["mark"]:
         pytest.skip(f"feature pipeline incomplete: {sorted(feature_run['mark'])} not landed")
     home, dataset = feature_run["home"], feature_run["dataset"]
+    manual = home / "models" / "ctr" / "manual-experiment"  # newest run, best AUC, not this DAG's
+    manual.mkdir(parents=True, exist_ok=True)
+    (manual / "metrics.json").write_text(json.dumps({"auc": 0.99}))
     res = _airflow(home, dataset, "dags", "test", "mm_training", DATE)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-6000:]
@@ -296,6 +303,11 @@ def test_training_dag_runs_on_the_features(feature_run):
     assert {t: s for t, s in states.items() if t != "promote"} == {
         t: "success" for t in UPSTREAM["mm_training"] if t != "promote"}, states
     assert states["promote"] in ("success", "skipped"), states  # skipped: not better than promoted
+    trained = sorted(p.name for p in (home / "models" / "ctr").iterdir() if p.name.endswith(("-din", "-dmae")))
+    assert len(trained) == 2 and trained[0].removesuffix("-din") == trained[1].removesuffix("-dmae"), trained
+    current = home / "models" / "ctr" / "current"
+    if states["promote"] == "success":
+        assert current.resolve().name in trained  # the DAG's own runs only, never the manual one
 
 
 def test_failing_gate_fails_the_task_with_its_report_path(tmp_path):

@@ -166,3 +166,17 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
     assert stopper.best_epoch == 3 and stopper.best == 0.71
     model.load_state_dict(stopper.state)
     assert float(model.bias) == 3.0  # the best epoch's weights, not the last
+
+
+def test_platform_named_runs_resolve_and_the_best_candidate_is_compared(tmp_path):
+    from training import runs
+
+    cfg = load_config(home=tmp_path / "mmi")
+    name = "scheduled__2026-12-03T00:00:00+00:00"
+    din = _fake_run(runs.named_run_dir(cfg, f"{name}-din"), 0.70)
+    dmae = _fake_run(runs.named_run_dir(cfg, f"{name}-dmae"), 0.72)
+    assert din.name == "scheduled__2026-12-03T00-00-00-00-00-din"
+    assert runs.run_path(cfg, f"{name}-dmae") == dmae  # the orchestrator's raw name finds the run
+    _fake_run(cfg.models_dir / "ctr" / "manual", 0.99)  # newest and best, but not a candidate
+    assert runs.best_run([din, dmae]) == dmae
+    assert runs.promote(cfg, runs.best_run([din, dmae]))[0] and cfg.model_dir.resolve() == dmae
