@@ -11,7 +11,7 @@ from feature_repo.online import OnlineFeatures
 from feature_repo.store_config import open_store
 from mminterest.config import load_config
 from serving.new_items import NewItemError, add_items
-from spark_jobs.embed_items import content_hash
+from training.content.item_rows import content_hash
 from tests.conftest import REAL_DATASET, tiny_encoder
 
 POSTER = (REAL_DATASET / "posters" / "1.jpg").read_bytes()
@@ -76,3 +76,19 @@ def test_bad_items_are_refused_and_nothing_is_written(setup, item, reason):
     with pytest.raises(NewItemError, match=reason):
         add_items(cfg, [{"item_id": 7, "text": "fine", "image": None}, item], store=store)
     assert not DeltaTable.is_deltatable(cfg.table("items"))
+
+
+def test_adding_an_item_imports_no_spark(setup):
+    """The ranker's new-item path is Spark-free: a fresh interpreter adds an item, pyspark stays unloaded."""
+    import subprocess
+    import sys
+
+    cfg, _ = setup
+    code = (f"import sys\nfrom mminterest.config import load_config\nfrom serving.new_items import add_items\n"
+            f"cfg = load_config(home={str(cfg.home)!r}, seq_len=8, time_slices=2, sim_bins=4)\n"
+            "add_items(cfg, [{'item_id': 5, 'text': 'A film', 'category': 'Drama', 'image': None}])\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyspark', 'py4j'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert _delta(cfg, "items").index.tolist() == [5]
