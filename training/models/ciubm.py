@@ -1,11 +1,13 @@
 """CiUBM (MIM, arXiv 2502.00321): content-interest user-behaviour model wrapped around any backbone.
 
+Default = MIM eq. 7-9, sums over the history:
 h_B = concat(h_ID [use_id], sum_i a_ti proj(h_i^MM) [use_content], sum_i a_ti h_i^ID [use_fusion]),
 a_ti = cos(target_mm, hist_mm_i) over the real history positions (0 where a vector is all zero, e.g. an
 item without content). h_ID is the backbone's interest (its auxiliary loss is passed on); h_i^ID are the
 backbone's history item embeddings, shared. CiUBM has its own head; the backbone's head is unused.
-With `ciubm_mean` the weights are divided by the history length, so both sums become means (their scale
-then no longer grows with the history: with cosines around 0.5 a 64-item sum is ~30x one item).
+Named variant `ciubm_mean` (not the paper): the weights are divided by the history length, so both sums
+become means (their scale then no longer grows with the history: with cosines around 0.5 a 64-item sum is
+~30x one item).
 """
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from training.models.base import Batch, CTRModel, ModelConfig
+from training.models.layers import cosine_to_history
 
 PREFIX = "ciubm_"
-EPS = 1e-8  # as F.cosine_similarity: each norm is clamped to at least EPS
 
 
 class CiUBM(CTRModel):
@@ -50,11 +52,7 @@ class CiUBM(CTRModel):
     def content_weights(self, batch: Batch) -> Tensor:
         """a_ti (B, T): cosine of target and history multimodal vectors, 0 at padded positions; divided by
         the history length with `ciubm_mean`."""
-        # = F.cosine_similarity(target.unsqueeze(1), hist, dim=-1, eps=1e-8) as one batched matmul of the
-        # normalised target with the history (no (B, T, D) product tensor)
-        target, hist = batch["target_mm"], batch["hist_mm"]
-        unit = target / torch.linalg.vector_norm(target, dim=-1, keepdim=True).clamp_min(EPS)
-        a = torch.bmm(hist, unit.unsqueeze(-1)).squeeze(-1) / torch.linalg.vector_norm(hist, dim=-1).clamp_min(EPS)
+        a = cosine_to_history(batch["target_mm"], batch["hist_mm"])
         mask = batch["hist_mask"].to(a.dtype)
         if self.cfg.ciubm_mean:
             mask = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)

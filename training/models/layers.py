@@ -25,6 +25,17 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
+def cosine_to_history(target: Tensor, hist: Tensor, eps: float = 1e-8) -> Tensor:
+    """cos(target_b, hist_bt) (B, T) of target (B, D) and hist (B, T, D); 0 where either vector is all zero.
+
+    = F.cosine_similarity(target.unsqueeze(1), hist, dim=-1, eps=eps) (each norm clamped to at least eps), as
+    one batched matmul of the normalised target with the history (no (B, T, D) product tensor).
+    """
+    unit = target / torch.linalg.vector_norm(target, dim=-1, keepdim=True).clamp_min(eps)
+    dots = torch.bmm(hist, unit.unsqueeze(-1)).squeeze(-1)
+    return dots / torch.linalg.vector_norm(hist, dim=-1).clamp_min(eps)
+
+
 class MLP(nn.Module):
     """Linear -> ReLU -> Dropout blocks over `hidden`, then an optional linear output layer."""
 
