@@ -1,4 +1,5 @@
-"""CTR model zoo: shapes, gradients, DMAE aux loss, padding invariance, save/load, CiUBM, overfitting.
+"""CTR model zoo: shapes, gradients, DMAE (MIEU eq. 1-4, Table 3 ablations, aux loss), SimTier's fused
+histogram, user-ID dropout, padding invariance, save/load, CiUBM, overfitting.
 
 Batches are tiny random ones that follow CONTRACTS.md (B=4, T=8, l=2, n=4); each model is fed only the
 keys it declares in `required_keys()`, so the declared key lists are checked too.
@@ -12,8 +13,10 @@ import pytest
 import torch
 
 from training.models import MODELS, CiUBM, ModelConfig, build_model, load_model, model_names
-from training.models.layers import MaskedAttention
-from training.models.simtier import similarity_histogram
+from training.models.base import FeatureEmbeddings
+from training.models.dmae import MIEU
+from training.models.layers import MaskedAttention, TargetAttention
+from training.models.simtier import fused_histogram, similarity_histogram
 
 B, T, L, N, MM = 4, 8, 2, 4, 12
 N_USERS, N_ITEMS, N_CATS = 40, 30, 5
@@ -22,8 +25,8 @@ CFG = ModelConfig(n_users=N_USERS, n_items=N_ITEMS, n_cats=N_CATS, emb_dim=8, T=
                   window=3, mask_prob=0.25, lambda_dec=0.5)
 Changes = dict[str, object]
 NO_CHANGES: Changes = {}
-DMAE_ABLATIONS: list[Changes] = [
-    {"use_mieu_se": False}, {"use_mieu_t": False}, {"use_mifu": False}, {"use_iddu": False},
+DMAE_ABLATIONS: list[Changes] = [  # DMAE Table 3: w/o MIEU-se, w/o MIEU-t, w/o MIFU, w/o IDDU (two ways), all
+    {"use_mieu_se": False}, {"use_mieu_t": False}, {"use_mifu": False}, {"use_iddu": False}, {"lambda_dec": 0.0},
     {"use_mieu_se": False, "use_mieu_t": False, "use_mifu": False, "use_iddu": False},
 ]
 VARIANTS: list[tuple[str, Changes]] = [
@@ -32,6 +35,8 @@ VARIANTS: list[tuple[str, Changes]] = [
     ("sim", {"sim_mode": "hard"}), ("ciubm_sim", {"sim_mode": "hard"}),
     ("ciubm_din", {"use_id": False}), ("ciubm_din", {"use_content": False}), ("ciubm_din", {"use_fusion": False}),
     ("ciubm_din", {"ciubm_mean": True}), ("din", {"att_softmax": True}), ("dmae", {"att_softmax": True}),
+    ("simtier", {"simtier_source": "per_modality"}), ("ciubm_simtier", {"simtier_source": "per_modality"}),
+    ("simtier", {"att_softmax": True}), ("din", {"user_dropout": 0.0}),
 ]
 IDS = [name + "".join(f"-{k}={v}" for k, v in changes.items()) for name, changes in VARIANTS]
 
@@ -155,9 +160,15 @@ def test_forward_backward(name, changes, batch):
     unused = ("backbone.head.",) if isinstance(model, CiUBM) else ()
     if isinstance(model, CiUBM) and not model.cfg.use_id:
         unused = ("backbone.",)
+    # a softmax is shift-invariant: the attention score's output bias has an exactly-zero gradient there
+    shift_invariant = {f"{mname}.score.net.{len(module.score.net) - 1}.bias"
+                       for mname, module in model.named_modules()
+                       if isinstance(module, TargetAttention) and module.softmax}
     for pname, param in model.named_parameters():
         if pname.startswith(unused):
             assert param.grad is None, pname
+            continue
+        if pname in shift_invariant:
             continue
         assert param.grad is not None, f"{pname} got no gradient"
         assert torch.isfinite(param.grad).all(), pname
@@ -310,6 +321,162 @@ def test_similarity_histogram():
     sim = torch.tensor([[0.0, 0.3, 0.99, 1.0, 0.6]])
     mask = torch.tensor([[True, True, True, True, False]])
     torch.testing.assert_close(similarity_histogram(sim, mask, 4), torch.tensor([[0.2, 0.2, 0.0, 0.4]]))
+
+
+# --- DMAE: MIEU (eq. 1-4) and the Table 3 ablations ------------------------------------------------------
+def test_mieu_is_concatenation_then_two_layers():
+    """code = ReLU(W2 [ReLU(W1 [r_hat * Bucket(floor(r (N_B - 1))) + sincos(r)] + b1) + PE] + b2), + = concat,
+    W1, W2 in R^{d x 2d}; the position code enters through W2's second half only."""
+    d, t, n_b = 8, 6, 4
+    torch.manual_seed(0)
+    mieu = MIEU(d, t, n_b)
+    assert mieu.first.weight.shape == (d, 2 * d) and mieu.second.weight.shape == (d, 2 * d)
+    with torch.no_grad():
+        mieu.scale.weight.fill_(0.7)
+        mieu.scale.bias.fill_(0.2)
+    r = torch.tensor([[0.0, 0.3, 0.34, 0.5, 0.99, 1.0], [0.2, 0.4, 0.6, 0.8, 0.1, 0.0]])
+    assert mieu.bucket(r)[0].tolist() == [0, 0, 1, 1, 2, 3]  # floor(r * 3)
+    code = mieu(r)
+    assert code.shape == (2, t, d) and (code >= 0).all()
+    with torch.no_grad():
+        freqs = mieu.sincos.freqs
+        sincos = torch.cat([torch.sin(r[..., None] * freqs), torch.cos(r[..., None] * freqs)], dim=-1)
+        r_d = (0.7 * r + 0.2)[..., None] * mieu.buckets.weight[mieu.bucket(r)]
+        h = torch.relu(torch.cat([r_d, sincos], -1) @ mieu.first.weight.T + mieu.first.bias)
+        pe = mieu.position.weight[:t].expand(2, -1, -1)
+        expected = torch.relu(torch.cat([h, pe], -1) @ mieu.second.weight.T + mieu.second.bias)
+        torch.testing.assert_close(code, expected)
+        # the position code changes the output; with W2's position columns zeroed it no longer does
+        other = MIEU(d, t, n_b)
+        other.load_state_dict(mieu.state_dict())
+        other.position.weight.add_(torch.randn_like(other.position.weight))
+        assert not torch.allclose(other(r), code)
+        torch.testing.assert_close(other.similarity_embedding(r), mieu.similarity_embedding(r))
+        mieu.second.weight[:, d:] = 0
+        other.second.weight[:, d:] = 0
+        torch.testing.assert_close(other(r), mieu(r))
+
+
+def test_mieu_without_se_is_plain_bucketing():
+    torch.manual_seed(0)
+    mieu = MIEU(8, 6, 4, use_se=False)
+    assert not hasattr(mieu, "first") and not hasattr(mieu, "scale") and not hasattr(mieu, "sincos")
+    r = torch.rand(3, 6)
+    with torch.no_grad():
+        pe = mieu.position.weight.expand(3, -1, -1)
+        h = mieu.buckets.weight[(r * 3).floor().long()]
+        torch.testing.assert_close(mieu(r), torch.relu(mieu.second(torch.cat([h, pe], -1))))
+
+
+def test_dmae_modalities_have_separate_parameters():
+    model = build("dmae", {})
+    img, txt = dict(model.mieu["img"].named_parameters()), dict(model.mieu["txt"].named_parameters())
+    assert img.keys() == txt.keys() and all(img[k] is not txt[k] for k in img)
+
+
+def test_dmae_defaults_and_ablation_modules():
+    full = ModelConfig(n_users=2, n_items=2, n_cats=2)
+    assert full.lambda_dec == 0.5 and full.use_mieu_se and full.use_mieu_t and full.use_mifu and full.use_iddu
+    model = build("dmae", {})
+    assert model.iddu["img"].decoder.out_dim == L * N
+    no_t = build("dmae", {"use_mieu_t": False})
+    assert no_t.iddu["img"].decoder.out_dim == N  # l = 1
+    assert build("dmae", {"use_mifu": False}).mifu is None
+    for changes in ({"use_iddu": False}, {"lambda_dec": 0.0}):
+        off = build("dmae", changes).train()
+        assert off.iddu is None and "dist_img" not in off.required_keys()
+
+
+def test_dmae_without_time_axis_reconstructs_the_distribution_summed_over_slices(batch):
+    """w/o MIEU-t: the IDDU target is dist (B, l, n) summed over the l slices = the l = 1 distribution."""
+    iddu = build("dmae", {"use_mieu_t": False}).iddu["img"]
+    dist = batch["dist_img"]
+    torch.testing.assert_close(iddu.target(dist), dist.sum(dim=1))
+    torch.testing.assert_close(iddu.target(dist.flatten(1)), dist.sum(dim=1))
+    sim, mask = batch["sim_img"].numpy(), batch["sim_mask_img"].numpy()
+    one_slice = torch.from_numpy(interest_distribution(sim, mask, 1, N))[:, 0]
+    torch.testing.assert_close(iddu.target(dist), one_slice)
+    model = build("dmae", {"use_mieu_t": False}).train()
+    assert model(feed(model, batch))["aux_loss"] > 0
+
+
+# --- SimTier -------------------------------------------------------------------------------------------
+def simtier_reference(target: np.ndarray, hist: np.ndarray, mask: np.ndarray, n_tiers: int) -> np.ndarray:
+    """SimTier's histogram in plain numpy: tier counts of (cos + 1) / 2 over the real positions with content, / T."""
+    b, t, _ = hist.shape
+    out = np.zeros((b, n_tiers))
+    for row in range(b):
+        tn = np.linalg.norm(target[row])
+        for pos in range(t):
+            hn = np.linalg.norm(hist[row, pos])
+            if not mask[row, pos] or tn == 0 or hn == 0:
+                continue
+            r = (float(target[row] @ hist[row, pos]) / (tn * hn) + 1) / 2
+            out[row, min(int(r * n_tiers), n_tiers - 1)] += 1 / t
+    return out
+
+
+def test_simtier_fused_histogram_matches_numpy(batch):
+    target, hist, mask = batch["target_mm"].clone(), batch["hist_mm"], batch["hist_mask"]
+    target[1] = 0  # a target without content: an empty histogram
+    got = fused_histogram(target, hist, mask, 5)
+    assert got.shape == (B, 5)
+    expected = simtier_reference(target.numpy().astype(np.float64), hist.numpy().astype(np.float64), mask.numpy(), 5)
+    torch.testing.assert_close(got, torch.from_numpy(expected).float())
+    has_content = mask & (hist.abs().sum(-1) > 0)
+    torch.testing.assert_close(got.sum(-1)[[0, 2, 3]], has_content.sum(-1)[[0, 2, 3]].float() / T)
+    assert (got[1] == 0).all()
+    assert got.sum() > 0
+
+
+def test_simtier_fused_is_the_default_and_reads_the_multimodal_vectors(batch):
+    model = build("simtier", {}).eval()
+    assert model.cfg.simtier_source == "fused"
+    keys = set(model.required_keys())
+    assert {"target_mm", "hist_mm", "hist_mask"} <= keys and not keys & {"sim_img", "sim_txt"}
+    with torch.no_grad():
+        h = model.interest(feed(model, batch))
+    assert h.shape == (B, model.item_dim + CFG.n_tiers)
+    expected = fused_histogram(batch["target_mm"], batch["hist_mm"], batch["hist_mask"], CFG.n_tiers)
+    torch.testing.assert_close(h[:, model.item_dim:], expected)
+
+    per = build("simtier", {"simtier_source": "per_modality"}).eval()
+    keys = set(per.required_keys())
+    assert {"sim_img", "sim_txt", "sim_mask_img", "sim_mask_txt"} <= keys and "hist_mm" not in keys
+    with torch.no_grad():
+        h = per.interest(feed(per, batch))
+    assert h.shape == (B, per.item_dim + 2 * CFG.n_tiers)
+    with pytest.raises(ValueError, match="simtier_source"):
+        CFG.replace(simtier_source="both")
+
+
+# --- user-ID dropout -------------------------------------------------------------------------------------
+def test_user_dropout_only_in_training():
+    embeddings = FeatureEmbeddings(CFG.replace(user_dropout=0.1))
+    users = torch.arange(1, 20001) % (N_USERS - 1) + 1
+    torch.manual_seed(5)
+    dropped = embeddings.train().user_index(users)
+    rate = float((dropped == 0).float().mean())
+    assert 0.09 < rate < 0.11
+    assert torch.equal(dropped[dropped != 0], users[dropped != 0])  # the others are left as they are
+    torch.manual_seed(5)
+    assert torch.equal(embeddings.user_index(users), dropped)  # reproducible under torch.manual_seed
+    assert torch.equal(embeddings.eval().user_index(users), users)
+    assert torch.equal(FeatureEmbeddings(CFG.replace(user_dropout=0.0)).train().user_index(users), users)
+    with pytest.raises(ValueError, match="user_dropout"):
+        CFG.replace(user_dropout=1.0)
+
+
+def test_user_dropout_trains_the_unknown_user_row(batch):
+    """Row 0 (unknown user) gets gradient in training through the dropout; never in eval mode."""
+    model = build("din", {"user_dropout": 0.5})
+    assert model.cfg.user_dropout == 0.5 and ModelConfig(n_users=2, n_items=2, n_cats=2).user_dropout == 0.1
+    torch.manual_seed(0)
+    model.train()(batch)["logit"].sum().backward()
+    assert model.embeddings.user.weight.grad[0].abs().sum() > 0
+    model.zero_grad()
+    model.eval()(batch)["logit"].sum().backward()
+    assert model.embeddings.user.weight.grad[0].abs().sum() == 0
 
 
 def overfit_batch(rng: np.random.Generator, b: int = 32) -> dict:

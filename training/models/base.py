@@ -22,6 +22,7 @@ Batch = dict[str, Tensor]
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 SIM_MODES = ("hard", "soft")
+SIMTIER_SOURCES = ("fused", "per_modality")
 
 
 @dataclass(frozen=True)
@@ -49,20 +50,29 @@ class ModelConfig:
     twin_topk: int = 16  # TWIN general-search-unit k
     # SimTier
     n_tiers: int = 10
-    # DMAE
-    n_buckets: int = 10  # MIEU similarity buckets
+    simtier_source: str = "fused"  # "fused": ONE histogram of cos(target_mm, hist_mm) (the SimTier paper);
+    # "per_modality": one histogram per modality from sim_img / sim_txt, concatenated (a variant)
+    # DMAE (the defaults are the full model; each use_* = False is one ablation of DMAE's Table 3)
+    n_buckets: int = 10  # MIEU similarity buckets N_B (bucket = floor(r (N_B - 1)))
     window: int = 10  # MIFU sliding window (positions i, j interact when |i - j| <= window // 2)
     mask_prob: float = 0.2  # IDDU position masking
-    lambda_dec: float = 0.1  # IDDU loss weight
-    use_mieu_se: bool = True  # similarity encoding: bucket emb x learned scale + sine-cosine
-    use_mieu_t: bool = True  # position (time) embedding
-    use_mifu: bool = True
-    use_iddu: bool = True
+    lambda_dec: float = 0.5  # IDDU loss weight (DMAE's best on MovieLens)
+    use_mieu_se: bool = True  # False = "w/o MIEU-se": a plain bucket embedding replaces the similarity embedding
+    use_mieu_t: bool = True  # False = "w/o MIEU-t": no time axis in the interest distribution (l = 1: IDDU
+    # reconstructs the n-bin distribution summed over the l time slices)
+    use_mifu: bool = True  # False = "w/o MIFU": a masked mean per modality replaces the fusion unit
+    use_iddu: bool = True  # False = "w/o IDDU": no decoder, no reconstruction loss (lambda_dec = 0)
     # CiUBM
     use_id: bool = True  # backbone ID interest
     use_content: bool = True  # sum_i a_ti^MM proj(h_i^MM)
     use_fusion: bool = True  # sum_i a_ti^MM h_i^ID
-    ciubm_mean: bool = False  # divide a_ti^MM by the history length (a mean, not the paper's sum)
+    ciubm_mean: bool = False  # variant: divide a_ti^MM by the history length (a mean, not MIM eq. 7-9's sum)
+    # every model: user-ID dropout. While training, each row's user index is replaced by 0 (the unknown
+    # user) with this probability, so row 0 learns a generic-user vector for users unseen in training
+    # instead of staying untrained; eval mode never drops. A training-time rate, not the unseen share itself
+    # (which can be far higher, e.g. ~90% of test rows on a temporal MovieLens split): it only has to give
+    # row 0 enough updates without starving the per-user rows.
+    user_dropout: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("n_users", "n_items", "n_cats", "emb_dim", "T", "l", "n", "mm_dim", "n_heads", "n_layers",
@@ -77,6 +87,10 @@ class ModelConfig:
             raise ValueError(f"mask_prob must be in [0, 1), got {self.mask_prob}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.user_dropout < 1.0:
+            raise ValueError(f"user_dropout must be in [0, 1), got {self.user_dropout}")
+        if self.simtier_source not in SIMTIER_SOURCES:
+            raise ValueError(f"simtier_source must be one of {SIMTIER_SOURCES}, got {self.simtier_source!r}")
         if self.lambda_dec < 0:
             raise ValueError(f"lambda_dec must be >= 0, got {self.lambda_dec}")
 
@@ -107,17 +121,36 @@ class ModelConfig:
 
 
 class FeatureEmbeddings(nn.Module):
-    """User, item and category embedding tables (row 0 = padding, kept at zero)."""
+    """User, item and category embedding tables; index 0 = padding / unknown.
+
+    Item and category row 0 is padding: kept at zero, never trained. User row 0 is the unknown user: it
+    starts at zero and is trained through user-ID dropout (`user_index`), so a user unseen in training gets
+    a learned generic-user vector, not an untrained row.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.user = nn.Embedding(cfg.n_users, cfg.emb_dim, padding_idx=0)
+        self.user_dropout = cfg.user_dropout
+        self.user = nn.Embedding(cfg.n_users, cfg.emb_dim)
         self.item = nn.Embedding(cfg.n_items, cfg.emb_dim, padding_idx=0)
         self.cat = nn.Embedding(cfg.n_cats, cfg.emb_dim, padding_idx=0)
         for table in (self.user, self.item, self.cat):
             nn.init.normal_(table.weight, std=0.05)
             with torch.no_grad():
                 table.weight[0].zero_()
+
+    def user_index(self, user: Tensor) -> Tensor:
+        """The user indices the model uses: in training mode each is replaced by 0 (unknown user) with
+        probability `user_dropout` (torch's global RNG, so reproducible under torch.manual_seed); unchanged
+        in eval mode."""
+        if not self.training or self.user_dropout <= 0.0:
+            return user
+        drop = torch.rand(user.shape, device=user.device) < self.user_dropout
+        return user.masked_fill(drop, 0)
+
+    def users(self, user: Tensor) -> Tensor:
+        """User representation (B,) -> (B, emb_dim), with user-ID dropout in training mode."""
+        return self.user(self.user_index(user))
 
     def items(self, item: Tensor, cat: Tensor) -> Tensor:
         """Item representation concat(item emb, cat emb): (...,) -> (..., 2 * emb_dim)."""
@@ -178,7 +211,7 @@ class CTRModel(nn.Module):
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         h, aux = self.encode(batch)
-        x = torch.cat([self.embeddings.user(batch["user"]), self.target(batch), h], dim=-1)
+        x = torch.cat([self.embeddings.users(batch["user"]), self.target(batch), h], dim=-1)
         return {"logit": self.head(x).squeeze(-1), "aux_loss": aux}
 
     def save(self, directory: str | Path) -> Path:
