@@ -14,6 +14,7 @@ numpy call covers all candidates against the one history.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -139,10 +140,12 @@ def candidate_features(user_id: int, hist_item_ids: Sequence[int], item_ids: Seq
 class OnlineFeatures:
     """The ranker's reader over a Feast store; build once, call `fetch` per request.
 
-    Item vectors read from the store are kept for `item_cache_s` seconds (0: off): they change
-    only when items are re-embedded and materialised, and reading ~T + B of them is most of a
-    request's time. Users' histories are always read fresh; items absent from the store are not
-    cached, so a newly materialised item is served at once."""
+    Item vectors read from the store are kept for `item_cache_s` seconds (0: off): reading ~T + B of
+    them is most of a request's time. The cache never serves a superseded vector: `forget` drops
+    items this process wrote (POST /items), and the whole cache is dropped when the Feast registry
+    changes (a materialisation after a re-embedding records itself there; one stat per request).
+    Users' histories are always read fresh; items absent from the store are not cached, so a newly
+    materialised item is served at once."""
 
     def __init__(self, store, seq_len: int = 64, time_slices: int = 10, sim_bins: int = 10,
                  service: str = "ctr_serving", item_cache_s: float = 60.0,
@@ -159,6 +162,8 @@ class OnlineFeatures:
         self.item_cache_s, self.item_cache_size = item_cache_s, item_cache_size
         self._cache: dict[int, tuple[float, tuple]] = {}  # item_id -> (expiry, vectors by VECTORS)
         self._cache_lock = threading.Lock()
+        self._registry_files = _local_registry_files(store)
+        self._registry_stamp = self._stamp()
         self._dims: dict[str, int] = {}
 
     @classmethod
@@ -175,6 +180,11 @@ class OnlineFeatures:
     def vectors(self, item_ids) -> ItemVectors:
         """Vectors of the distinct `item_ids`: from the cache, the rest from the online store."""
         ids = np.unique(np.asarray(item_ids, dtype=np.int64)).tolist()
+        stamp = self._stamp()
+        if stamp != self._registry_stamp:  # materialised since: every cached vector may be stale
+            with self._cache_lock:
+                self._cache.clear()
+                self._registry_stamp = stamp
         now = time.monotonic()
         rows = {i: hit[1] for i in ids if (hit := self._cache.get(i)) and hit[0] > now}
         missing = [i for i in ids if i not in rows]
@@ -199,6 +209,16 @@ class OnlineFeatures:
         return candidate_features(user_id, hist, items, vectors, self.seq_len, self.time_slices,
                                   self.sim_bins)
 
+    def forget(self, item_ids: Sequence[int]) -> None:
+        """Drop `item_ids` from the item cache (their vectors were just rewritten)."""
+        with self._cache_lock:
+            for item_id in item_ids:
+                self._cache.pop(int(item_id), None)
+
+    def _stamp(self) -> tuple[int, ...]:
+        """Modification times of the local registry files (0 for an absent one)."""
+        return tuple(os.stat(f).st_mtime_ns if os.path.exists(f) else 0 for f in self._registry_files)
+
     def _remember(self, item_id: int, row: tuple, expiry: float) -> None:
         with self._cache_lock:
             if len(self._cache) >= self.item_cache_size:
@@ -211,6 +231,16 @@ class OnlineFeatures:
         proto = self.store.get_online_features(features=refs, entity_rows={key: ids}).proto
         return {name: [_decode(v) for v in result.values]
                 for name, result in zip(proto.metadata.feature_names.val, proto.results)}
+
+
+def _local_registry_files(store) -> list[str]:
+    """The files of a local Feast registry (a file registry, or SQLite with its WAL); [] when remote."""
+    registry = store.config.registry
+    path = str(getattr(registry, "path", "") or "")
+    if path.startswith("sqlite:///"):
+        path = path.removeprefix("sqlite:///")
+        return [path, path + "-wal"]
+    return [path] if path and "://" not in path else []
 
 
 def _decode(value):

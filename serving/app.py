@@ -298,6 +298,7 @@ def create_app(cfg, *, features=None, ranker=None, max_body_bytes: int = MAX_BOD
             raise Unavailable(f"online store unreachable: {err}; nothing was written") from err
         except CommitConflict as err:
             raise Unavailable(f"{err}; nothing was written, retry later") from err
+        service.features().forget([item["item_id"] for item in added])  # next /rank: the new vectors
         return {"added": added}
 
     @app.get("/healthz")

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 from deltalake import DeltaTable
@@ -210,6 +211,34 @@ def test_new_items_are_embedded_and_ranked_at_once(served):
     assert {i["item_id"]: i["status"] for i in body["items"]}[70] == "unknown_item"
     want = dict(zip([70, 3], _offline_scores(cfg, 1, [70, 3])))  # Delta holds item 70 too
     assert all(abs(i["score"] - want[i["item_id"]]) <= 1e-5 for i in body["items"])
+
+
+def test_cached_item_vectors_are_replaced_when_an_item_is_rewritten(served):
+    """Within the item cache's lifetime: a re-embedded and materialised item, and an item rewritten
+    through POST /items, are scored with their new vectors on the next request."""
+    from mminterest import tables
+
+    cfg, client = served
+    request = {"user_id": 1, "item_ids": [4, 5]}
+    before = {i["item_id"]: i["score"] for i in client.post("/rank", json=request).json()["items"]}
+    emb = tables.read(cfg.table("item_embeddings"), ids=[4])
+    rng = np.random.default_rng(4)
+    for name in ("txt", "fused"):
+        v = rng.standard_normal(len(emb[name].iloc[0])).astype(np.float32)
+        emb[name] = [v / np.linalg.norm(v)]
+    tables.merge_arrow(pa.Table.from_pandas(emb, preserve_index=False).cast(tables.schema(cfg.table("item_embeddings"))),
+                       cfg.table("item_embeddings"), ["item_id"])
+    repo.materialize(open_store(cfg), full=True)  # what a re-embedding run is followed by
+    after = {i["item_id"]: i["score"] for i in client.post("/rank", json=request).json()["items"]}
+    assert after[4] != before[4]
+    assert abs(after[4] - _offline_scores(cfg, 1, [4, 5])[0]) <= 1e-5
+
+    rewritten = client.post("/items", headers={"authorization": "Bearer s3cret"},
+                            json={"item_id": 5, "text": "A different film altogether", "category": "Horror"})
+    assert rewritten.status_code == 200, rewritten.text
+    latest = {i["item_id"]: i["score"] for i in client.post("/rank", json=request).json()["items"]}
+    assert latest[5] != after[5]
+    assert abs(latest[5] - _offline_scores(cfg, 1, [4, 5])[1]) <= 1e-5
 
 
 def test_health_readiness_and_metrics(served):
