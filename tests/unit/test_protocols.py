@@ -67,3 +67,16 @@ def test_paired_difference_interval_separates_a_better_model_from_noise():
     assert better.shown and better.low < better.mean < better.high
     noise = paired_auc_difference([Unit(users, y, weak + 1e-3 * rng.random(4000), weak)], resamples=300)
     assert not noise.shown and noise.low < 0 < noise.high
+
+
+def test_paired_mean_difference_resamples_groups():
+    from training.stats import paired_mean_difference
+
+    rng = np.random.default_rng(2)
+    groups = rng.integers(0, 100, 5000)
+    base = rng.random(5000) < 0.3
+    better = base | (rng.random(5000) < 0.1)
+    shown = paired_mean_difference(better, base, groups, resamples=300)
+    assert shown.shown and shown.mean == pytest.approx(better.mean() - base.mean())
+    same = paired_mean_difference(base, base, groups, resamples=50)
+    assert same.mean == same.low == same.high == 0.0 and not same.shown
