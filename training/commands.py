@@ -65,6 +65,22 @@ def _promote(args) -> int:
     return 0 if promoted else SKIPPED
 
 
+def _track(args) -> int:
+    from mminterest.config import get_config
+    from training import runs
+
+    cfg = get_config()
+    try:
+        done = [runs.track(cfg, "log", runs.run_path(cfg, run)) for run in args.run or [None]]
+        if args.champion:
+            if not (cfg.model_dir / runs.METRICS_FILE).exists():
+                raise FileNotFoundError(f"no promoted run at {cfg.model_dir}")
+            done.append(runs.track(cfg, "promote", cfg.model_dir.resolve()))
+    except FileNotFoundError as err:
+        return fail(err)
+    return 0 if all(done) else 1
+
+
 def _experiment(args) -> int:
     from mminterest.config import get_config
     from training import experiment, runs
@@ -118,6 +134,12 @@ def register(sub) -> None:
     promote.add_argument("--run", nargs="+", help="candidate run ids or directories: the best on validation AUC "
                          "is the one compared (default: the latest run)")
     promote.set_defaults(func=_promote)
+
+    track = sub.add_parser("track", help="log runs to MLflow in .venv-train (done by train; for older runs)")
+    track.add_argument("--run", nargs="+", help="run ids or directories (default: the latest run)")
+    track.add_argument("--champion", action="store_true",
+                       help="also point the registry alias 'champion' at the promoted run (ctr/current)")
+    track.set_defaults(func=_track)
 
     exp = sub.add_parser("experiment", help="a named comparison (YAML: models, protocols, claims) -> "
                          "reports/experiments/NAME (tables, paired differences, verdicts, plots)")

@@ -3,6 +3,13 @@
 
 Runs live under `<models_dir>/ctr/<run_id>`; `cfg.model_dir` (default `ctr/current`) is a symlink to the
 promoted one, replaced atomically, so the ranker's model version is the run id.
+
+Every trained run is also tracked in MLflow (`training.tracking` in .venv-train: params, per-epoch
+validation AUC, the run directory as artifacts, a version of the registered model `mminterest-ctr`), and
+promotion sets that registry's alias `champion` to the run's version. The symlink stays the source of
+truth for serving: the online ranker runs in .venv, which cannot import MLflow 3, and loads `ctr/current`;
+the alias mirrors it. A tracking failure never fails training or promotion: it prints a warning line
+"mlflow tracking failed: ..." on stderr.
 """
 from __future__ import annotations
 
@@ -72,7 +79,20 @@ def train(cfg: Config, model: str, trainset: str, seed: int = 0, epochs: int = 2
             "--seed", str(seed), "--epochs", str(epochs), "--batch-size", str(batch_size), "--lr", str(lr),
             "--max-steps", str(max_steps), "--patience", str(patience)]
     spawn("training.train", args + (["--set", *overrides] if overrides else []), nproc)
+    track(cfg, "log", out)
     return out, read_metrics(out)
+
+
+def track(cfg: Config, action: str, run: Path) -> bool:
+    """`training.tracking log|promote --run RUN` in .venv-train (MLflow under `<home>/mlflow`); a failure
+    is a warning on stderr, not an error. True when it worked."""
+    try:
+        spawn("training.tracking", [action, "--run", str(run), "--home", str(cfg.home)])
+    except (RunError, OSError) as err:
+        print(f"WARNING: mlflow tracking failed: {err} (the run and the promotion stand)", file=sys.stderr,
+              flush=True)
+        return False
+    return True
 
 
 def read_metrics(run: Path) -> dict:
@@ -114,6 +134,7 @@ def promote(cfg: Config, run: Path) -> tuple[bool, str]:
     if current.exists() and not current.is_symlink():
         raise FileExistsError(f"{current} is a real directory, not a link; move it away to promote")
     os.replace(tmp, current)
+    track(cfg, "promote", run)  # the registry alias `champion` mirrors the symlink
     return True, reason
 
 
