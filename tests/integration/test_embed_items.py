@@ -10,8 +10,9 @@ import pytest
 import torch
 from deltalake import DeltaTable
 
+from mminterest import tables
 from mminterest.config import load_config
-from spark_jobs import delta_io, embed_items, ingest
+from spark_jobs import embed_items, ingest
 from spark_jobs.feature_checks import FeatureCheckError, publish_gate
 from spark_jobs.quantize import cosine_error, dequantize_int8, quantize_int8
 from tests.conftest import REAL_DATASET, tiny_encoder
@@ -91,7 +92,7 @@ def test_rerun_embeds_nothing_and_a_changed_item_is_reembedded(home, spark):
     changed_id = int(before.item_id[5])
     row = items.filter(pa.compute.equal(items["item_id"], changed_id))
     row = row.set_column(row.schema.get_field_index("text"), "text", pa.array(["A brand new synopsis."]))
-    delta_io.merge_arrow(row, cfg.table("items"), ["item_id"])
+    tables.merge_arrow(row, cfg.table("items"), ["item_id"])
     third = embed_items.run(cfg, spark, batch_size=32)
     assert (third.embedded, third.skipped) == (1, MOVIES - 1)
     after = _table(cfg)
