@@ -63,7 +63,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=10, help="recall@k")
     parser.add_argument("--text-source", default="minilm", help='"minilm", "tiny" or a local model folder')
     parser.add_argument("--image-source", default="efficientnet-lite0",
-                        help='"efficientnet-lite0" (packaged, pretrained), "vit" (small seeded ViT) or a local ViT folder')
+                        help='"efficientnet-lite0" (packaged, pretrained), "vit" (small seeded ViT) '
+                             'or a local ViT folder')
     parser.add_argument("--image-size", type=int, help="image input pixels (default: the image source's)")
     parser.add_argument("--text-trainable-layers", type=int, default=1)
     parser.add_argument("--dim", type=int, default=128)

