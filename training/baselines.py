@@ -35,6 +35,7 @@ def _read(root: Path, split: str, histograms: bool) -> dict[str, np.ndarray]:
 def gbdt(root: str | Path, out: str | Path, histograms: bool = False, seed: int = 0) -> dict:
     """Fit on train, early-stop on valid, score test; write `out` (metrics.json, test_predictions.npz)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import TargetEncoder
 
     from training.metrics import auc, gauc, logloss
@@ -43,7 +44,7 @@ def gbdt(root: str | Path, out: str | Path, histograms: bool = False, seed: int 
     root, out = Path(root), Path(out)
     started = time.time()
     parts = {split: _read(root, split, histograms) for split in ("train", "valid", "test")}
-    encoder = TargetEncoder(target_type="binary", random_state=seed)
+    encoder = TargetEncoder(target_type="binary", cv=StratifiedKFold(5, shuffle=True, random_state=seed))
     ids = {split: np.column_stack([p[c] for c in ID_COLUMNS]) for split, p in parts.items()}
     encoded = {"train": encoder.fit_transform(ids["train"], parts["train"]["label"])}
     encoded.update({s: encoder.transform(ids[s]) for s in ("valid", "test")})
@@ -53,15 +54,16 @@ def gbdt(root: str | Path, out: str | Path, histograms: bool = False, seed: int 
         extra = [p["dist_img"], p["dist_txt"]] if histograms else []
         return np.column_stack([encoded[split], p["hist_len"], *extra]).astype(np.float32)
 
-    best, best_loss = None, np.inf
-    for rounds in (50, 100, 200, 400):  # early stopping: more rounds while the valid log loss falls
-        model = HistGradientBoostingClassifier(max_iter=rounds, learning_rate=0.05, max_leaf_nodes=31,
-                                               early_stopping=False, random_state=seed)
-        model.fit(features("train"), parts["train"]["label"])
+    model = HistGradientBoostingClassifier(learning_rate=0.05, max_leaf_nodes=31, early_stopping=False,
+                                           warm_start=True, random_state=seed)
+    best_rounds, best_loss = 0, np.inf
+    for rounds in range(50, 801, 50):  # early stopping: 50 more rounds while the valid log loss falls
+        model.set_params(max_iter=rounds).fit(features("train"), parts["train"]["label"])
         loss = logloss(parts["valid"]["label"], model.predict_proba(features("valid"))[:, 1])
         if loss >= best_loss:
             break
-        best, best_loss = model, loss
+        best_rounds, best_loss = rounds, loss
+    best = model.set_params(max_iter=best_rounds, warm_start=False).fit(features("train"), parts["train"]["label"])
     valid_score = best.predict_proba(features("valid"))[:, 1]
     test = parts["test"]
     score = best.predict_proba(features("test"))[:, 1]

@@ -166,13 +166,16 @@ def run_frames(args, items: pd.DataFrame, interactions: pd.DataFrame | None, out
                             max_steps=args.max_steps, seed=args.seed, optim=_optim(args))
         summary = train_csft(encoder, items, train, ft_cfg) | {"heldout_pairs": len(heldout)}
     elif dist_utils.rank() == 0:
-        from training.content.evaluate import embed_items, image_text_recall_at_k, interest_recall_at_k
+        from training.content.evaluate import embed_items, image_text_recall_at_k, interest_hits
 
         _, heldout = _pairs(args, items, interactions, time_cut(interactions, args.cut_quantile))
         start = time.time()
         emb = embed_items(encoder, items)
+        hits = interest_hits(encoder, items, heldout, args.k, emb)
+        out.mkdir(parents=True, exist_ok=True)
+        hits.drop(columns="event_ts", errors="ignore").to_parquet(out / "interest_hits.parquet")  # for paired tests
         summary = {"stage": "evaluate", "items": len(items), "heldout_pairs": len(heldout), "k": args.k,
-                   f"interest_recall@{args.k}": interest_recall_at_k(encoder, items, heldout, args.k, emb),
+                   f"interest_recall@{args.k}": float(hits["hit"].mean()) if len(hits) else float("nan"),
                    f"image_text_recall@{args.k}": image_text_recall_at_k(encoder, items, args.k, emb),
                    "seconds": round(time.time() - start, 1)}
     if dist_utils.rank() == 0:

@@ -102,6 +102,36 @@ def _promote(args) -> int:
     return 0
 
 
+def compare(cfg, a: str, b: str, resamples: int = 1000) -> str:
+    """Interest recall of evaluated encoder `a` minus `b` on the held-out pairs both scored, with a 95%
+    bootstrap interval over users (both from `mmi content evaluate`)."""
+    import pandas as pd
+
+    from training.stats import paired_mean_difference
+
+    frames = []
+    for ref in (a, b):
+        path = cfg.reports_dir / CONTENT / ref / "interest_hits.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"no per-pair hits at {path}; run `mmi content evaluate --ckpt {ref}` first")
+        frames.append(pd.read_parquet(path))
+    keys = ["user_id", "query_item", "pos_item"]
+    both = frames[0].merge(frames[1], on=keys, suffixes=("_a", "_b"))
+    d = paired_mean_difference(both["hit_a"], both["hit_b"], both["user_id"], resamples)
+    return (f"interest recall {a} {both['hit_a'].mean():.4f} - {b} {both['hit_b'].mean():.4f} = {d.text()} "
+            f"over {len(both):,} pairs of {both['user_id'].nunique():,} users: {'shown' if d.shown else 'not shown'}")
+
+
+def _compare(args) -> int:
+    from mminterest.config import get_config
+
+    try:
+        print(compare(get_config(), args.a, args.b))
+    except FileNotFoundError as err:
+        return fail(err)
+    return 0
+
+
 def register(sub) -> None:
     from training.content.cli import add_options
 
@@ -117,3 +147,7 @@ def register(sub) -> None:
     parser = stages.add_parser("promote", help="make cfg.encoder_dir point at a saved encoder")
     parser.add_argument("encoder", help="encoder folder or version under models/content")
     parser.set_defaults(func=_promote)
+    parser = stages.add_parser("compare", help="interest recall of evaluated encoder A minus B, 95%% CI over users")
+    parser.add_argument("a", help="encoder version (evaluated)")
+    parser.add_argument("b", help="encoder version (evaluated)")
+    parser.set_defaults(func=_compare)

@@ -31,20 +31,26 @@ def _hits_at_k(queries: np.ndarray, keys: np.ndarray, targets: np.ndarray, k: in
     return hits
 
 
-def interest_recall_at_k(encoder: MultimodalEncoder, items: pd.DataFrame, heldout_pairs: pd.DataFrame,
-                         k: int = 10, embeddings: dict[str, np.ndarray] | None = None) -> float:
-    """Share of held-out (query_item, pos_item) pairs whose positive is among the k items nearest to
-    the query's fused vector, over the whole catalogue minus the query itself. Unknown items are skipped."""
+def interest_hits(encoder: MultimodalEncoder, items: pd.DataFrame, heldout_pairs: pd.DataFrame, k: int = 10,
+                  embeddings: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """Per held-out (query_item, pos_item) pair whose items are both known: `hit` = the positive is among
+    the k items nearest to the query's fused vector, over the whole catalogue minus the query itself."""
     emb = embed_items(encoder, items) if embeddings is None else embeddings
     index = {int(i): r for r, i in enumerate(emb["item_id"])}
     known = heldout_pairs["query_item"].map(lambda i: int(i) in index) & \
         heldout_pairs["pos_item"].map(lambda i: int(i) in index)
-    pairs = heldout_pairs.loc[known]
-    if pairs.empty:
-        return float("nan")
-    q = np.array([index[int(i)] for i in pairs["query_item"]])
-    p = np.array([index[int(i)] for i in pairs["pos_item"]])
-    return float(_hits_at_k(emb["fused"][q], emb["fused"], p, k, exclude=q).mean())
+    pairs = heldout_pairs.loc[known].reset_index(drop=True)
+    q = np.array([index[int(i)] for i in pairs["query_item"]], dtype=np.int64)
+    p = np.array([index[int(i)] for i in pairs["pos_item"]], dtype=np.int64)
+    hits = _hits_at_k(emb["fused"][q], emb["fused"], p, k, exclude=q) if len(pairs) else np.zeros(0, bool)
+    return pairs.assign(hit=hits)
+
+
+def interest_recall_at_k(encoder: MultimodalEncoder, items: pd.DataFrame, heldout_pairs: pd.DataFrame,
+                         k: int = 10, embeddings: dict[str, np.ndarray] | None = None) -> float:
+    """Share of `interest_hits` that hit (nan without a known pair)."""
+    hits = interest_hits(encoder, items, heldout_pairs, k, embeddings)["hit"]
+    return float(hits.mean()) if len(hits) else float("nan")
 
 
 def image_text_recall_at_k(encoder: MultimodalEncoder, items: pd.DataFrame, k: int = 10,
