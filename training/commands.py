@@ -86,7 +86,7 @@ def _experiment(args) -> int:
     from training import experiment, runs
 
     try:
-        experiment.run(get_config(), args.config, args.jobs)
+        experiment.run(get_config(), args.config, args.jobs, args.report_only)
     except (FileNotFoundError, ValueError, runs.RunError) as err:
         return fail(err)
     return 0
@@ -146,4 +146,5 @@ def register(sub) -> None:
     exp.add_argument("--config", default="training/experiments/default.yaml",
                      help="experiment YAML (default: %(default)s)")
     exp.add_argument("--jobs", type=int, help="runs at once (default: the YAML's jobs)")
+    exp.add_argument("--report-only", action="store_true", help="train nothing: report the runs finished so far")
     exp.set_defaults(func=_experiment)

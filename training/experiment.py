@@ -144,14 +144,20 @@ def _execute(cfg: Config, spec: Spec, task: Task) -> None:
 
 
 def run(cfg: Config | None = None, spec_path: str | Path = "training/experiments/default.yaml",
-        jobs: int | None = None) -> Path:
-    """Run (or resume) the experiment of `spec_path`; write its report; return the report folder."""
+        jobs: int | None = None, report_only: bool = False) -> Path:
+    """Run (or resume) the experiment of `spec_path`; write its report; return the report folder.
+    `report_only`: train nothing, report the runs finished so far (the report says how many)."""
     cfg = cfg or get_config()
     spec = Spec.load(spec_path)
     report = cfg.reports_dir / "experiments" / spec.name
     report.mkdir(parents=True, exist_ok=True)
     shutil.copy(spec_path, report / "spec.yaml")
     tasks = _tasks(spec, _folds(cfg, spec), report)
+    if report_only:
+        finished = [t for t in tasks if (t.out / runs.METRICS_FILE).exists()]
+        write_report(cfg, spec, finished, report, str(spec_path), planned=len(tasks))
+        print(f"experiment {spec.name}: report of {len(finished)} of {len(tasks)} runs -> {report / 'results.md'}")
+        return report
     started, done = time.time(), 0
 
     def one(task: Task) -> None:
@@ -181,21 +187,24 @@ def _per_run(tasks: list[Task]) -> pd.DataFrame:
 
 
 def _units(tasks: list[Task], protocol: str, a: str, b: str, rows=None) -> list[Unit]:
-    """Paired test sets of contenders a and b: one per (fold, seed); gbdt pairs with every seed.
-    `rows(prediction) -> bool mask` restricts each to some rows (e.g. the newest items)."""
-    by_key = {(t.fold, t.seed, t.contender): t for t in tasks if t.protocol == protocol}
+    """Paired test sets of contenders a and b per fold: runs of equal seeds pair up; a contender with
+    other seeds (the trees have one) pairs with each of the other's runs. `rows(prediction) -> bool
+    mask` restricts each unit to some rows (e.g. the newest items)."""
+    mine = [t for t in tasks if t.protocol == protocol]
     units = []
-    for (fold, seed, name), ta in by_key.items():
-        if name != a:
-            continue
-        tb = by_key.get((fold, seed, b)) or next((t for k, t in by_key.items() if k[0] == fold and k[2] == b), None)
-        if tb is None:
-            continue
-        pa_, pb = np.load(ta.out / "test_predictions.npz"), np.load(tb.out / "test_predictions.npz")
-        if not np.array_equal(pa_["label"], pb["label"]) or not np.array_equal(pa_["user_id"], pb["user_id"]):
-            raise ValueError(f"{ta.out} and {tb.out} scored different test rows")
-        keep = rows(pa_) if rows else np.ones(len(pa_["label"]), bool)
-        units.append(Unit(pa_["user_id"][keep], pa_["label"][keep], pa_["score"][keep], pb["score"][keep]))
+    for fold in sorted({t.fold for t in mine}):
+        runs_a = {t.seed: t for t in mine if t.fold == fold and t.contender == a}
+        runs_b = {t.seed: t for t in mine if t.fold == fold and t.contender == b}
+        if set(runs_a) == set(runs_b):
+            pairs = [(runs_a[s], runs_b[s]) for s in sorted(runs_a)]
+        else:
+            pairs = [(ta, tb) for ta in runs_a.values() for tb in runs_b.values()]
+        for ta, tb in pairs:
+            pa_, pb = np.load(ta.out / "test_predictions.npz"), np.load(tb.out / "test_predictions.npz")
+            if not np.array_equal(pa_["label"], pb["label"]) or not np.array_equal(pa_["user_id"], pb["user_id"]):
+                raise ValueError(f"{ta.out} and {tb.out} scored different test rows")
+            keep = rows(pa_) if rows else np.ones(len(pa_["label"]), bool)
+            units.append(Unit(pa_["user_id"][keep], pa_["label"][keep], pa_["score"][keep], pb["score"][keep]))
     return units
 
 
@@ -263,7 +272,8 @@ def verdicts(spec: Spec, diffs: pd.DataFrame) -> list[dict]:
     return out
 
 
-def write_report(cfg: Config, spec: Spec, tasks: list[Task], report: Path, spec_path: str) -> None:
+def write_report(cfg: Config, spec: Spec, tasks: list[Task], report: Path, spec_path: str,
+                 planned: int | None = None) -> None:
     per_run, diffs, cold = _per_run(tasks), differences(spec, tasks), cold_start_table(tasks)
     per_run.to_csv(report / "runs.csv", index=False)
     diffs.to_csv(report / "differences.csv", index=False)
@@ -295,6 +305,9 @@ def write_report(cfg: Config, spec: Spec, tasks: list[Task], report: Path, spec_
     head = [f"Experiment `{spec.name}` ({time.strftime('%Y-%m-%d', time.gmtime())}, {platform.machine()}, "
             f"{os.cpu_count()} cores): `mmi experiment --config {spec_path}`; runs.csv, differences.csv and "
             f"cold_start.csv in `{where}`.", ""]
+    if planned is not None and planned > len(tasks):
+        head += [f"**Partial: {len(tasks)} of the {planned} planned runs had finished**; a model or fold "
+                 "missing from a table below had not run yet.", ""]
     body = "\n".join(head + lines)
     (report / "results.md").write_text(body.replace("](results/", "](") + "\n")
     if spec.readme:
@@ -339,7 +352,8 @@ def plot(report: Path, spec: Spec, diffs: pd.DataFrame, cold: pd.DataFrame) -> N
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_title(f"{protocol}: AUC − {spec.baseline} by item age")
         ax.set_xlabel("item-age decile (0 = newest items)")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(report / "cold_start_gain.png", dpi=120)
     plt.close(fig)
