@@ -25,7 +25,8 @@ from mminterest.config import load_config
 from serving.app import create_app
 from tests.conftest import REAL_DATASET, tiny_encoder
 
-WRITERS = 16
+WRITERS = 16  # simultaneous POST /items
+PROCESSES = 8  # simultaneous writer processes on one table
 AUTH = {"authorization": "Bearer s3cret"}
 
 
@@ -40,29 +41,29 @@ def _upsert(path: str, k: int, attempts: int, start_at: float) -> str | None:
 
 
 def _merge_at_once(path: str, attempts: int) -> list[str | None]:
-    """WRITERS processes upserting one distinct row each into `path`, released together."""
+    """PROCESSES processes upserting one distinct row each into `path`, released together."""
     tables.merge_arrow(pa.table({"item_id": [-1], "v": [0.0]}), path, ["item_id"])
-    with ProcessPoolExecutor(WRITERS, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(time.sleep, 0).result()  # pool started
-        start_at = time.time() + 5.0  # every process has imported deltalake by then
-        return list(pool.map(_upsert, [path] * WRITERS, range(WRITERS), [attempts] * WRITERS,
-                             [start_at] * WRITERS))
+    with ProcessPoolExecutor(PROCESSES, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(time.sleep, [0] * PROCESSES))  # workers started
+        start_at = time.time() + 3.0
+        return list(pool.map(_upsert, [path] * PROCESSES, range(PROCESSES), [attempts] * PROCESSES,
+                             [start_at] * PROCESSES))
 
 
 def test_concurrent_upserts_are_all_committed_exactly_once(tmp_path):
     path = str(tmp_path / "t")
-    assert _merge_at_once(path, attempts=12) == [None] * WRITERS
+    assert _merge_at_once(path, attempts=12) == [None] * PROCESSES
     ids = tables.read(path)["item_id"]
-    assert sorted(ids) == [-1, *range(WRITERS)] and ids.is_unique
+    assert sorted(ids) == [-1, *range(PROCESSES)] and ids.is_unique
 
 
 def test_without_retries_concurrent_upserts_conflict_and_the_loser_leaves_nothing(tmp_path):
     path = str(tmp_path / "t")
     errors = _merge_at_once(path, attempts=1)
     lost = [k for k, e in enumerate(errors) if e is not None]
-    assert lost, "16 simultaneous commits without a retry should conflict"
+    assert lost, f"{PROCESSES} simultaneous commits without a retry should conflict"
     assert "conflicted" in errors[lost[0]]
-    assert set(tables.read(path)["item_id"]) == {-1} | (set(range(WRITERS)) - set(lost))
+    assert set(tables.read(path)["item_id"]) == {-1} | (set(range(PROCESSES)) - set(lost))
 
 
 @pytest.fixture
@@ -143,7 +144,7 @@ def _backfill(path: str, seconds: float) -> None:
 def test_without_retries_a_conflicting_request_is_a_503_and_leaves_nothing(service):
     cfg, store, client, _ = service
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        backfill = pool.submit(_backfill, cfg.table("items"), 20.0)
+        backfill = pool.submit(_backfill, cfg.table("items"), 12.0)
         time.sleep(3.0)  # the backfill process is writing
         statuses = _post_waves(client, threading.Thread())  # one wave...
         while not backfill.done():  # ... then more while the backfill lasts
