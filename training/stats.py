@@ -8,6 +8,7 @@ lower end is above 0.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,15 @@ def weighted_auc(order: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> 
         return (pos * neg_below).sum(1) / (total_pos * total_neg)
 
 
+def _resampled_counts(n_groups: int, resamples: int, seed: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """Bootstrap draws of groups, CHUNK resamples at a time: (their slice, (chunk, n_groups) counts)."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, resamples, CHUNK):
+        draws = rng.integers(0, n_groups, (min(CHUNK, resamples - start), n_groups))
+        yield (slice(start, start + len(draws)),
+               np.stack([np.bincount(d, minlength=n_groups) for d in draws]).astype(np.float64))
+
+
 def paired_auc_difference(units: list[Unit], resamples: int = 1000, seed: int = 0) -> Difference:
     """Mean over `units` of AUC(a) - AUC(b), with a 95% percentile interval over user resamples. One
     draw of users serves every unit, so seeds that share a test set share the resample."""
@@ -63,15 +73,11 @@ def paired_auc_difference(units: list[Unit], resamples: int = 1000, seed: int = 
     users = np.unique(np.concatenate([u.users for u in units]))
     codes = [np.searchsorted(users, u.users) for u in units]
     orders = [(np.argsort(u.score_a, kind="stable"), np.argsort(u.score_b, kind="stable")) for u in units]
-    rng = np.random.default_rng(seed)
     stats = np.zeros(resamples)
-    for start in range(0, resamples, CHUNK):
-        size = min(CHUNK, resamples - start)
-        draws = rng.integers(0, len(users), (size, len(users)))
-        counts = np.stack([np.bincount(d, minlength=len(users)) for d in draws]).astype(np.float64)
+    for part, counts in _resampled_counts(len(users), resamples, seed):
         for u, code, (order_a, order_b) in zip(units, codes, orders):
             w = counts[:, code]
-            stats[start:start + size] += weighted_auc(order_a, u.labels, w) - weighted_auc(order_b, u.labels, w)
+            stats[part] += weighted_auc(order_a, u.labels, w) - weighted_auc(order_b, u.labels, w)
     stats /= len(units)
     stats = stats[np.isfinite(stats)]
     low, high = np.quantile(stats, [0.025, 0.975])
@@ -85,12 +91,8 @@ def paired_mean_difference(a, b, groups, resamples: int = 1000, seed: int = 0) -
     keys, codes = np.unique(np.asarray(groups), return_inverse=True)
     diff_sum = np.bincount(codes, weights=a - b, minlength=len(keys))
     size = np.bincount(codes, minlength=len(keys)).astype(np.float64)
-    rng = np.random.default_rng(seed)
     stats = np.empty(resamples)
-    for start in range(0, resamples, CHUNK):
-        n = min(CHUNK, resamples - start)
-        draws = rng.integers(0, len(keys), (n, len(keys)))
-        counts = np.stack([np.bincount(d, minlength=len(keys)) for d in draws]).astype(np.float64)
-        stats[start:start + n] = (counts @ diff_sum) / (counts @ size)
+    for part, counts in _resampled_counts(len(keys), resamples, seed):
+        stats[part] = (counts @ diff_sum) / (counts @ size)
     low, high = np.quantile(stats, [0.025, 0.975])
     return Difference(float((a - b).mean()), float(low), float(high), resamples)
