@@ -40,11 +40,20 @@ def _grid(dist: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
     return dist.reshape(len(dist), *shape)
 
 
+def _cats(vocab: Vocab, names, item_ids: np.ndarray) -> np.ndarray:
+    """Category indices: of the given names where present, else of the item ids' catalogue entry."""
+    if names is None:
+        return vocab.item_cat(item_ids)
+    return vocab.categories(np.broadcast_to(np.asarray(names, dtype=object), item_ids.shape), item_ids)
+
+
 def make_batch(columns: Mapping[str, np.ndarray], vocab: Vocab,
                dist_shape: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """CTR batch from columns user_id, item_id (B,), hist_item_ids (B,T) 0-padded, hist_mask (B,T),
     sim_img, sim_txt, sim_mask_img, sim_mask_txt (B,T), dist_img, dist_txt (B,l,n) or (B,l*n),
-    target_mm (B,D), hist_mm (B,T,D) and an optional label (B,)."""
+    target_mm (B,D), hist_mm (B,T,D), an optional label (B,) and optional category names
+    `category` (B,) / `hist_category` (B,T) (None where unknown: the vocabulary's catalogue
+    category of the item id is used, as in training)."""
     missing = [c for c in COLUMNS if c not in columns]
     if missing:
         raise KeyError(f"make_batch: missing columns {missing}")
@@ -56,9 +65,9 @@ def make_batch(columns: Mapping[str, np.ndarray], vocab: Vocab,
     arrays = {
         "user": vocab.user_index(stack(columns["user_id"], np.int64)),
         "item": vocab.item_index(item_ids),
-        "cat": vocab.item_cat(item_ids),
+        "cat": _cats(vocab, columns.get("category"), item_ids),
         "hist_item": np.where(mask, vocab.item_index(hist_ids), 0),
-        "hist_cat": np.where(mask, vocab.item_cat(hist_ids), 0),
+        "hist_cat": np.where(mask, _cats(vocab, columns.get("hist_category"), hist_ids), 0),
         "hist_mask": mask,
         **{k: stack(columns[k], np.float32) for k in FLOAT_SEQS},
         **{k: stack(columns[k], bool) for k in MASKS},

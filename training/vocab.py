@@ -3,7 +3,9 @@
 Index 0 is padding / unknown everywhere. Users and items are indexed from a training frame
 (ids unseen there map to 0: a new item keeps its category and content, not an id embedding);
 categories and the item -> category map come from the whole item catalogue, which is content known
-from an item's first appearance. An item's category is its first genre ("Action|Drama" -> "Action").
+from an item's first appearance. Category names go through the one normaliser
+(`mminterest.schemas.category`: first genre, "Action|Drama" -> "Action"; none -> "unknown"), so the
+ranker maps a category read online (an item added after training) to the index training used.
 """
 from __future__ import annotations
 
@@ -13,15 +15,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
+from mminterest.schemas import UNKNOWN_CATEGORY
+from mminterest.schemas import category as primary_category
+
 VOCAB_FILE = "vocab.json"
-UNKNOWN_CATEGORY = "(no genres listed)"
-
-
-def primary_category(category: str | None) -> str:
-    """The first genre of a `|`-separated genres string; missing/empty -> UNKNOWN_CATEGORY."""
-    if not isinstance(category, str) or not category.strip():
-        return UNKNOWN_CATEGORY
-    return category.split("|", 1)[0].strip() or UNKNOWN_CATEGORY
 
 
 class IdIndex:
@@ -49,6 +46,7 @@ class Vocab:
                  cat_of_item: ArrayLike):
         self.users, self.items = IdIndex(users), IdIndex(items)
         self.cats = list(cats)
+        self._cat_index = {c: i + 1 for i, c in enumerate(self.cats)}
         self._cat_items = IdIndex(cat_item_ids)
         order = np.argsort(np.asarray(cat_item_ids, dtype=np.int64), kind="stable")
         # category of the k-th sorted catalogued item, with a leading 0 for unknown items
@@ -90,6 +88,19 @@ class Vocab:
     def item_cat(self, item_ids) -> np.ndarray:
         """Category index of each item id (0 for an uncatalogued id, e.g. padding)."""
         return self._cat_table[self._cat_items.lookup(item_ids)]
+
+    def cat_index(self, names) -> np.ndarray:
+        """Category index of each category name (normalised first; 0 for a name training never saw)."""
+        names = np.asarray(names, dtype=object)
+        index = {n: self._cat_index.get(primary_category(n), 0) for n in set(names.ravel().tolist())}
+        return np.fromiter((index[n] for n in names.ravel().tolist()), np.int64, names.size).reshape(names.shape)
+
+    def categories(self, names, item_ids) -> np.ndarray:
+        """Category index from `names` (e.g. read online) where given, else from the catalogue map
+        of `item_ids` (same shape): an item added after training keeps its category."""
+        names = np.asarray(names, dtype=object)
+        known = names != None  # noqa: E711  (element-wise on an object array)
+        return np.where(known, self.cat_index(np.where(known, names, UNKNOWN_CATEGORY)), self.item_cat(item_ids))
 
     # --- persistence ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -1,10 +1,19 @@
 """MovieLens ml-latest-small (+ posters_index.csv) onto the canonical raw schema."""
 from __future__ import annotations
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType
 
+from mminterest import schemas
 from mminterest.config import Config
+
+
+@F.pandas_udf(StringType())
+def normalised_category(genres: pd.Series) -> pd.Series:
+    """The one category normaliser (mminterest.schemas.category) over a genres column."""
+    return genres.map(schemas.category)
 
 
 def _csv(spark: SparkSession, path) -> DataFrame:
@@ -33,13 +42,11 @@ class MovieLensAdapter:
     def items(self, spark: SparkSession, cfg: Config) -> DataFrame:
         raw = _csv(spark, cfg.dataset_dir / "movies.csv")
         genres = F.coalesce(F.col("genres"), F.lit(""))
-        first_genre = F.split(genres, r"\|").getItem(0)
         return raw.select(
             _long("movieId").alias("item_id"),
             F.col("title"),
             F.concat_ws(". ", F.col("title"), F.regexp_replace(genres, r"\|", ", ")).alias("text"),
-            F.when((first_genre == "") | (first_genre == "(no genres listed)"), F.lit("unknown"))
-            .otherwise(first_genre).alias("category"),
+            normalised_category(F.col("genres")).alias("category"),
             "_raw",
         )
 

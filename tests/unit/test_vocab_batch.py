@@ -25,9 +25,19 @@ def test_dense_indices_with_zero_for_unknown(vocab):
     assert vocab.user_index([10, 20, 30, 99]).tolist() == [1, 2, 3, 0]
     got = vocab.item_index(np.array([[100, 500], [700, 0]]))
     assert got.dtype == np.int64 and got.tolist() == [[1, 3], [0, 0]]
-    assert vocab.cats == [UNKNOWN_CATEGORY, "Action", "Drama"]  # sorted
+    assert vocab.cats == ["Action", "Drama", UNKNOWN_CATEGORY]  # sorted
     # 700 never interacted (no id index) but its category is known from the catalogue; 0 / 9 are uncatalogued
-    assert vocab.item_cat([100, 300, 500, 700, 0, 9]).tolist() == [3, 2, 1, 2, 0, 0]
+    assert vocab.item_cat([100, 300, 500, 700, 0, 9]).tolist() == [2, 1, 3, 1, 0, 0]
+
+
+def test_one_category_index_for_an_item_without_category(vocab):
+    """Ingest's "unknown", MovieLens' "(no genres listed)", a /items None or "": one index; a category
+    read online (a new item) maps through the same names, the catalogue is the fallback."""
+    no_category = vocab.cat_index(["unknown", "(no genres listed)", "", None, " | "])
+    assert no_category.tolist() == [3] * 5
+    assert vocab.cat_index(np.array([["Action|Drama", "Drama"], ["Sci-Fi", "unknown"]])).tolist() == [[1, 2], [0, 3]]
+    # 900 is a new item (not catalogued): its online category counts; 300's None falls back to the catalogue
+    assert vocab.categories(["Drama", None, "Action"], [900, 300, 100]).tolist() == [2, 1, 1]
 
 
 def test_save_load_round_trip(vocab, tmp_path):
@@ -67,7 +77,7 @@ def test_make_batch_follows_the_contract(vocab):
     cols = columns()
     batch = make_batch(cols, vocab)
     assert batch["user"].tolist() == [1, 3, 0]
-    assert batch["item"].tolist() == [2, 0, 1] and batch["cat"].tolist() == [2, 2, 3]
+    assert batch["item"].tolist() == [2, 0, 1] and batch["cat"].tolist() == [1, 1, 2]
     assert batch["hist_item"].dtype == torch.long and batch["hist_mask"].dtype == torch.bool
     assert not batch["hist_item"][~batch["hist_mask"]].any() and not batch["hist_cat"][~batch["hist_mask"]].any()
     hist = np.stack(cols["hist_item_ids"])
@@ -76,6 +86,19 @@ def test_make_batch_follows_the_contract(vocab):
     assert batch["hist_mm"].shape == (3, 4, 5) and batch["label"].dtype == torch.float32
     assert batch["label"].tolist() == [1.0, 0.0, 1.0]
     assert torch.equal(make_batch(columns(flat_dist=False), vocab)["dist_txt"], batch["dist_txt"])
+
+
+def test_make_batch_takes_category_names_where_given(vocab):
+    """The ranker passes the categories read online; None keeps the catalogue's category."""
+    cols = columns()
+    hist = np.stack(cols["hist_item_ids"])
+    names = np.where(cols["hist_mask"], "Drama", None)
+    batch = make_batch({**cols, "category": np.array([None, "Drama", "(no genres listed)"], dtype=object),
+                        "hist_category": names}, vocab)
+    assert batch["cat"].tolist() == [1, 2, 3]
+    assert np.array_equal(batch["hist_cat"].numpy(), np.where(cols["hist_mask"], 2, 0))
+    assert torch.equal(make_batch(cols, vocab)["hist_cat"],
+                       torch.from_numpy(np.where(cols["hist_mask"], vocab.item_cat(hist), 0)))
 
 
 def test_make_batch_without_label_and_with_missing_column(vocab):
