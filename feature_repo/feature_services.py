@@ -2,6 +2,7 @@
 from feast import FeatureService
 
 from feature_repo.feature_views import interest_features, item_embeddings, user_behaviour
+from mminterest.schemas import ITEM_ATTRIBUTES, VECTORS
 
 INTEREST = ["sim_img", "sim_txt", "sim_mask_img", "sim_mask_txt", "dist_img", "dist_txt"]
 
@@ -17,13 +18,14 @@ ctr_training = FeatureService(
     description="CTR training set (history, similarity sequences, interest distributions)",
 )
 
-# Online: the user's history, and the vectors of history and candidate items; the
+# Online: the user's history, and the vectors and attributes (category, has-image) of history and
+# candidate items, so an item added after training is scored with its content and category; the
 # target-dependent features are computed from them at request time (feature_repo/online.py).
 ctr_serving = FeatureService(
     name="ctr_serving",
     features=[
         user_behaviour[["hist_item_ids", "hist_len"]],
-        item_embeddings[["img", "txt", "fused"]],
+        item_embeddings[[*VECTORS, *ITEM_ATTRIBUTES]],
     ],
     description="online ranker reads",
 )

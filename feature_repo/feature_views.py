@@ -1,8 +1,12 @@
-"""Feature views over the Delta sources. No ttl: a state stays valid until a newer row replaces it."""
+"""Feature views over the Delta sources. No ttl: a state stays valid until a newer row replaces it.
+
+The fields are derived from the Arrow schemas of mminterest/schemas.py (the one schema source).
+"""
 from datetime import timedelta
 
+import pyarrow as pa
 from feast import FeatureView, Field
-from feast.types import Array, Bool, Float32, Int32, Int64, String
+from feast.types import Array, Bool, FeastType, Float32, Float64, Int32, Int64, String
 
 from feature_repo.entities import item, user
 from feature_repo.sources import (
@@ -10,29 +14,38 @@ from feature_repo.sources import (
     item_embeddings_source,
     user_behaviour_source,
 )
+from mminterest import schemas
+
+_SCALARS = {pa.int64(): Int64, pa.int32(): Int32, pa.float32(): Float32, pa.float64(): Float64,
+            pa.string(): String, pa.bool_(): Bool}
+
+
+def feast_type(arrow: pa.DataType) -> FeastType:
+    """The feast.types type of an Arrow type (scalars and lists of scalars)."""
+    if pa.types.is_list(arrow):
+        return Array(feast_type(arrow.value_type))
+    if arrow not in _SCALARS:
+        raise TypeError(f"no Feast type for Arrow {arrow}")
+    return _SCALARS[arrow]
+
+
+def fields(table: str, columns: list[str]) -> list[Field]:
+    """Feast fields of `columns` of `table`, typed and described by mminterest/schemas.py."""
+    return [Field(name=f.name, dtype=feast_type(f.type), description=schemas.description(f))
+            for f in schemas.schema(table, columns)]
+
 
 item_embeddings = FeatureView(
     name="item_embeddings", entities=[item], ttl=timedelta(0), online=True,
     source=item_embeddings_source,
-    schema=[
-        Field(name="item_id", dtype=Int64),
-        Field(name="encoder_version", dtype=String),
-        Field(name="img", dtype=Array(Float32), description="image vector; null = no image"),
-        Field(name="txt", dtype=Array(Float32)),
-        Field(name="fused", dtype=Array(Float32), description="fused multimodal vector"),
-        Field(name="has_img", dtype=Bool),
-    ],
+    schema=fields("item_embeddings", ["item_id", "encoder_version", *schemas.VECTORS, "has_img",
+                                      "category"]),
 )
 
 user_behaviour = FeatureView(
     name="user_behaviour", entities=[user], ttl=timedelta(0), online=True,
     source=user_behaviour_source,
-    schema=[
-        Field(name="user_id", dtype=Int64),
-        Field(name="hist_item_ids", dtype=Array(Int64), description="most recent first, <= T"),
-        Field(name="hist_ts", dtype=Array(Int64), description="epoch seconds"),
-        Field(name="hist_len", dtype=Int32),
-    ],
+    schema=fields("user_behaviour", ["user_id", "hist_item_ids", "hist_ts", "hist_len"]),
 )
 
 # Offline only: one row per labelled (user, item, ts). Online, the ranker computes the same
@@ -40,15 +53,7 @@ user_behaviour = FeatureView(
 interest_features = FeatureView(
     name="interest_features", entities=[user, item], ttl=timedelta(0), online=False,
     source=interest_features_source,
-    schema=[
-        Field(name="user_id", dtype=Int64),
-        Field(name="item_id", dtype=Int64),
-        Field(name="hist_len", dtype=Int32),
-        Field(name="sim_img", dtype=Array(Float32)),
-        Field(name="sim_txt", dtype=Array(Float32)),
-        Field(name="sim_mask_img", dtype=Array(Bool)),
-        Field(name="sim_mask_txt", dtype=Array(Bool)),
-        Field(name="dist_img", dtype=Array(Float32), description="l*n, row-major"),
-        Field(name="dist_txt", dtype=Array(Float32), description="l*n, row-major"),
-    ],
+    schema=fields("interest_features", ["user_id", "item_id", "hist_len",
+                                        *[f"{k}_{m}" for k in ("sim", "sim_mask", "dist")
+                                          for m in schemas.MODALITIES]]),
 )

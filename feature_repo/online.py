@@ -14,6 +14,7 @@ numpy call covers all candidates against the one history.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -23,25 +24,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from feature_repo import feature_math
+from mminterest.schemas import ITEM_ATTRIBUTES, MODALITIES, VECTORS  # noqa: F401  (re-exported)
 
-MODALITIES = ("img", "txt")  # modalities of the similarity / distribution features
-VECTORS = ("img", "txt", "fused")  # item vectors read online; fused feeds the models directly
+ITEM_FIELDS = (*VECTORS, *ITEM_ATTRIBUTES)  # what is read online per item, in the cache's row order
 
 
 @dataclass(frozen=True)
 class ItemVectors:
     """Vectors of a set of items: ids sorted ascending; per field a (K, D) float32 array (zeros
-    where absent) and a (K,) presence mask."""
+    where absent) and a (K,) presence mask; per attribute (category, has_img) a (K,) object array
+    (None where absent)."""
 
     ids: np.ndarray
     vecs: dict[str, np.ndarray]
     present: dict[str, np.ndarray]
+    attrs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_rows(cls, ids, rows: dict[str, Sequence], dims: dict[str, int] | None = None
-                  ) -> ItemVectors:
+    def from_rows(cls, ids, rows: dict[str, Sequence], dims: dict[str, int] | None = None,
+                  attrs: dict[str, Sequence] | None = None) -> ItemVectors:
         """Build from per-field sequences aligned with `ids` (None = absent). `dims` gives the
-        width of a field none of whose rows is present (else 0)."""
+        width of a field none of whose rows is present (else 0); `attrs` are per-item values."""
         ids = np.asarray(ids, dtype=np.int64)
         order = np.argsort(ids, kind="stable")
         vecs, present = {}, {}
@@ -52,7 +55,12 @@ class ItemVectors:
             if has.any():
                 out[has] = np.asarray([v for v, h in zip(values, has) if h], dtype=np.float32)
             vecs[field], present[field] = out[order], has[order]
-        return cls(ids[order], vecs, present)
+        values = {}
+        for name, column in (attrs or {}).items():
+            values[name] = np.empty(len(ids), dtype=object)
+            values[name][:] = list(column)
+            values[name] = values[name][order]
+        return cls(ids[order], vecs, present, values)
 
     def take(self, item_ids, fields: Sequence[str] | None = None
              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -70,17 +78,31 @@ class ItemVectors:
         vecs = {f: np.where(present[f][:, None], self.vecs[f][pos], np.float32(0)) for f in fields}
         return vecs, present
 
+    def attr(self, name: str, item_ids) -> np.ndarray:
+        """Attribute `name` of `item_ids` (object array, that shape; None for unknown ids)."""
+        item_ids = np.asarray(item_ids, dtype=np.int64)
+        out = np.full(item_ids.shape, None, dtype=object)
+        if len(self.ids) and name in self.attrs:
+            pos = np.minimum(np.searchsorted(self.ids, item_ids), len(self.ids) - 1)
+            hit = self.ids[pos] == item_ids
+            out[hit] = self.attrs[name][pos[hit]]
+        return out
+
 
 @dataclass(frozen=True)
 class CandidateFeatures:
     """Features of B candidates for one user; names follow the CTR batch of CONTRACTS.md.
 
     `found[b]` is False for a candidate without vectors in the store: its sims are masked and
-    its target_mm is zeros. A user without a behaviour state has an empty history."""
+    its target_mm is zeros. A user without a behaviour state has an empty history. `category`
+    and `hist_category` are the items' categories read online (None where the store has none)."""
 
     user_id: int
     item_ids: np.ndarray  # (B,) int64
     found: np.ndarray  # (B,) bool
+    present: dict[str, np.ndarray]  # per VECTORS field, (B,) bool: the candidate has that vector
+    category: np.ndarray  # (B,) object: category name or None
+    hist_category: np.ndarray  # (T,) object
     hist_item_ids: np.ndarray  # (T,) int64, 0-padded, most recent first
     hist_mask: np.ndarray  # (T,) bool
     target_mm: np.ndarray  # (B, D) float32
@@ -133,6 +155,9 @@ def candidate_features(user_id: int, hist_item_ids: Sequence[int], item_ids: Seq
     history, _ = vectors.take(hist, ["fused"])
     return CandidateFeatures(user_id=int(user_id), item_ids=items,
                              found=np.logical_or.reduce([found[f] for f in VECTORS]),
+                             present={f: found[f] for f in VECTORS},
+                             category=vectors.attr("category", items),
+                             hist_category=np.where(hist_mask, vectors.attr("category", hist), None),
                              hist_item_ids=hist, hist_mask=hist_mask, target_mm=target["fused"],
                              hist_mm=history["fused"] * hist_mask[:, None], **per_modality)
 
@@ -156,11 +181,12 @@ class OnlineFeatures:
         refs = [f"{p.name}:{f.name}" for p in projections for f in p.features]
         self._user_refs = [r for r in refs if r == "user_behaviour:hist_item_ids"]
         self._item_refs = [r for r in refs if r.split(":")[0] == "item_embeddings"
-                           and r.split(":")[1] in VECTORS]
-        if not self._user_refs or len(self._item_refs) != len(VECTORS):
-            raise ValueError(f"feature service {service!r} lacks hist_item_ids or item vectors")
+                           and r.split(":")[1] in ITEM_FIELDS]
+        if not self._user_refs or len(self._item_refs) != len(ITEM_FIELDS):
+            raise ValueError(f"feature service {service!r} lacks hist_item_ids or item fields "
+                             f"{ITEM_FIELDS}")
         self.item_cache_s, self.item_cache_size = item_cache_s, item_cache_size
-        self._cache: dict[int, tuple[float, tuple]] = {}  # item_id -> (expiry, vectors by VECTORS)
+        self._cache: dict[int, tuple[float, tuple]] = {}  # item_id -> (expiry, values by ITEM_FIELDS)
         self._cache_lock = threading.Lock()
         self._registry_files = _local_registry_files(store)
         self._registry_stamp = self._stamp()
@@ -190,14 +216,16 @@ class OnlineFeatures:
         missing = [i for i in ids if i not in rows]
         if missing:
             values = self._read(self._item_refs, "item_id", missing)
-            fresh = ItemVectors.from_rows(missing, {f: values[f] for f in VECTORS}, self._dims)
+            fresh = ItemVectors.from_rows(missing, {f: values[f] for f in VECTORS}, self._dims,
+                                          {a: values[a] for a in ITEM_ATTRIBUTES})
             for j, i in enumerate(fresh.ids.tolist()):
-                rows[i] = row = tuple(fresh.vecs[f][j] if fresh.present[f][j] else None
-                                      for f in VECTORS)
-                if self.item_cache_s > 0 and any(v is not None for v in row):
+                row = tuple(fresh.vecs[f][j] if fresh.present[f][j] else None for f in VECTORS)
+                rows[i] = row = row + tuple(fresh.attrs[a][j] for a in ITEM_ATTRIBUTES)
+                if self.item_cache_s > 0 and any(v is not None for v in row[:len(VECTORS)]):
                     self._remember(i, row, now + self.item_cache_s)
-        vectors = ItemVectors.from_rows(ids, {f: [rows[i][k] for i in ids]
-                                              for k, f in enumerate(VECTORS)}, self._dims)
+        columns = {f: [rows[i][k] for i in ids] for k, f in enumerate(ITEM_FIELDS)}
+        vectors = ItemVectors.from_rows(ids, {f: columns[f] for f in VECTORS}, self._dims,
+                                        {a: columns[a] for a in ITEM_ATTRIBUTES})
         self._dims.update({f: v.shape[1] for f, v in vectors.vecs.items() if v.shape[1]})
         return vectors
 

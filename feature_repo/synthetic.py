@@ -16,6 +16,7 @@ import pyarrow as pa
 from deltalake import write_deltalake
 
 from feature_repo.online import MODALITIES, ItemVectors, candidate_features
+from mminterest import schemas
 
 _TS = pa.timestamp("us", tz="UTC")
 _ONE_US = pd.Timedelta(microseconds=1)
@@ -33,8 +34,9 @@ def random_interactions(users: int, items: int, rows: int, start, days: int = 60
 
 
 def item_embeddings(item_ids, valid_from, dims: dict[str, int], without_img: Iterable[int] = (),
-                    seed: int = 0, version: str = "synthetic-v1") -> pa.Table:
-    """Random unit-free vectors per item; `valid_from` (per item) becomes valid_from_ts."""
+                    seed: int = 0, version: str = "synthetic-v1", categories=None) -> pa.Table:
+    """Random unit-free vectors per item; `valid_from` (per item) becomes valid_from_ts;
+    `categories` (per item) the category column (null when not given)."""
     rng = np.random.default_rng(seed)
     ids = np.asarray(item_ids, dtype=np.int64)
     has_img = ~np.isin(ids, np.fromiter(without_img, np.int64))
@@ -44,9 +46,10 @@ def item_embeddings(item_ids, valid_from, dims: dict[str, int], without_img: Ite
     vectors["img"] = pa.array([v if h else None for v, h in zip(vectors["img"].to_pylist(), has_img)],
                               pa.list_(pa.float32()))
     valid = pa.array(pd.to_datetime(pd.Series(valid_from), utc=True), _TS)
-    return pa.table({"item_id": ids, "encoder_version": [version] * len(ids), **vectors,
-                     "has_img": has_img, "content_hash": [f"{version}:{i}" for i in ids],
-                     "valid_from_ts": valid, "updated_ts": valid})
+    return schemas.table("item_embeddings", {
+        "item_id": ids, "encoder_version": [version] * len(ids), **vectors, "has_img": has_img,
+        "content_hash": [f"{version}:{i}" for i in ids], "valid_from_ts": valid, "updated_ts": valid,
+        "category": [None] * len(ids) if categories is None else list(categories)})
 
 
 def behaviour_states(interactions: pd.DataFrame, seq_len: int) -> pd.DataFrame:

@@ -19,17 +19,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from mminterest import schemas
 from mminterest.config import Config
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_CATEGORY_CHARS = 200
-_TS = pa.timestamp("us", tz="UTC")
-ITEMS_SCHEMA = pa.schema([("item_id", pa.int64()), ("title", pa.string()), ("text", pa.string()),
-                          ("category", pa.string()), ("image_path", pa.string()), ("first_seen_ts", _TS)])
-EMBEDDINGS_SCHEMA = pa.schema([("item_id", pa.int64()), ("encoder_version", pa.string()),
-                               ("img", pa.list_(pa.float32())), ("txt", pa.list_(pa.float32())),
-                               ("fused", pa.list_(pa.float32())), ("has_img", pa.bool_()),
-                               ("content_hash", pa.string()), ("valid_from_ts", _TS), ("updated_ts", _TS)])
+ONLINE_COLUMNS = ["item_id", "encoder_version", *schemas.VECTORS, *schemas.ITEM_ATTRIBUTES, "valid_from_ts"]
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _loaded: dict[str, tuple] = {}  # "current" -> (folder key, encoder)
@@ -71,7 +66,8 @@ def _image(raw, item_id: int):
 
 
 def validate(cfg: Config, items: list[dict]) -> list[dict]:
-    """Checked copies of `items` (category "" -> None, image decoded); NewItemError on the first bad one."""
+    """Checked copies of `items` (category normalised by `schemas.category`: missing or "" -> "unknown";
+    image decoded); NewItemError on the first bad one."""
     if not items:
         raise NewItemError("no items given")
     out, seen = [], set()
@@ -82,7 +78,7 @@ def validate(cfg: Config, items: list[dict]) -> list[dict]:
         if item_id in seen:
             raise NewItemError(f"item {item_id} given twice")
         seen.add(item_id)
-        text, category = item.get("text"), item.get("category") or None
+        text, category = item.get("text"), item.get("category")
         if not isinstance(text, str) or not text.strip():
             raise NewItemError(f"item {item_id}: empty text")
         if len(text) > cfg.max_text_chars:
@@ -91,17 +87,21 @@ def validate(cfg: Config, items: list[dict]) -> list[dict]:
             raise NewItemError(f"item {item_id}: category must be a string of <= {MAX_CATEGORY_CHARS} chars")
         raw = item.get("image")
         pil, suffix = _image(raw, item_id) if raw is not None else (None, None)
-        out.append({"item_id": item_id, "text": text, "category": category, "raw": raw, "pil": pil,
-                    "suffix": suffix})
+        out.append({"item_id": item_id, "text": text, "category": schemas.category(category), "raw": raw,
+                    "pil": pil, "suffix": suffix})
     return out
 
 
-def _cast(frame: pd.DataFrame, schema: pa.Schema, path: str) -> pa.Table:
-    """Arrow table of `frame` in the stored table's schema (or `schema` for a new table)."""
+def _cast(frame: pd.DataFrame, name: str, path: str) -> pa.Table:
+    """Arrow table of `frame` as table `name` of mminterest/schemas.py, in the stored column order."""
     from mminterest import tables
 
+    schema = schemas.schema(name)
     table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
-    return table.cast(tables.schema(path)) if tables.exists(path) else table
+    if not tables.exists(path):
+        return table
+    stored = tables.schema(path)
+    return table.select(stored.names).cast(stored)
 
 
 class _Publication:
@@ -174,14 +174,15 @@ def add_items(cfg: Config, items: list[dict], *, encoder=None, store=None) -> li
         "updated_ts": now})
     frame["valid_from_ts"] = frame["first_seen_ts"].fillna(now)
     rows = embed_frame(encoder, version, frame, [it["pil"] for it in checked], batch_size=64)
-    online = rows[["item_id", "encoder_version", "img", "txt", "fused", "has_img", "valid_from_ts"]].copy()
+    rows["category"] = frame["category"].to_numpy()
+    online = rows[ONLINE_COLUMNS].copy()
     online["img"] = [list(v) if v is not None else None for v in online["img"]]
     for name in ("txt", "fused"):
         online[name] = [list(v) for v in online[name]]
     try:
-        publication.merge("items", _cast(frame, ITEMS_SCHEMA, cfg.table("items")))
+        publication.merge("items", _cast(frame, "items", cfg.table("items")))
         path = cfg.table("item_embeddings")
-        publication.merge("item_embeddings", _cast(rows, EMBEDDINGS_SCHEMA, path), newer="updated_ts")
+        publication.merge("item_embeddings", _cast(rows, "item_embeddings", path), newer="updated_ts")
         (store or open_store(cfg)).write_to_online_store("item_embeddings", online)
     except BaseException:
         publication.rollback()

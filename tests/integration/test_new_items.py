@@ -50,6 +50,10 @@ def test_added_items_are_online_and_in_delta_at_once(setup):
     assert emb.loc[900001, "content_hash"] == content_hash(version, items.loc[900001, "text"], "Animation", stored)
     vectors = reader.vectors([900001, 900002])
     assert vectors.present["img"].tolist() == [True, False] and vectors.present["fused"].all()
+    # the category, normalised once (None -> "unknown", as ingest writes it), in Delta and online
+    assert items.loc[900002, "category"] == "unknown" and emb["category"].tolist() == ["Animation", "unknown"]
+    assert vectors.attrs["category"].tolist() == ["Animation", "unknown"]
+    assert vectors.attrs["has_img"].tolist() == [True, False]
     for name in ("txt", "fused"):
         np.testing.assert_allclose(vectors.vecs[name], np.stack(emb[name].to_numpy()), atol=1e-6)
     np.testing.assert_allclose(vectors.vecs["img"][0], emb.loc[900001, "img"], atol=1e-6)
