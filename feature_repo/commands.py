@@ -35,8 +35,8 @@ def _parity(args) -> int:
 def register(sub) -> None:
     features = sub.add_parser("features", help="Feast feature store: apply, materialize, parity")
     actions = features.add_subparsers(dest="action", required=True)
-    actions.add_parser("apply", help="generate feature_store.yaml from the config and register "
-                       "the definitions of feature_repo/").set_defaults(func=_apply)
+    actions.add_parser("apply", help="register the definitions of feature_repo/ (as `feast apply` "
+                       "there) in the store of the config").set_defaults(func=_apply)
     materialize = actions.add_parser("materialize", help="load the online store up to now "
                                      "(incremental since the last run)")
     materialize.add_argument("--full", action="store_true",

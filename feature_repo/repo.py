@@ -1,33 +1,48 @@
-"""The Feast workflow of the project: apply the definitions, materialise into the online store."""
+"""The Feast workflow of the project: apply the definitions, materialise into the online store.
+
+`apply` is the code path of `feast apply` (Feast's own parse of this folder, then
+`apply_total_with_repo_instance`) on an in-process store, so `mmi features apply` and
+`feast apply` run from feature_repo/ register the same objects and delete the same stale ones.
+"""
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from datetime import datetime, timezone
-
-from feature_repo import entities, feature_services, feature_views, sources
+from pathlib import Path
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+REPO_DIR = Path(__file__).resolve().parent
 
 
-def definitions() -> list:
-    """Every Feast object the project registers, as declared in the definition modules."""
-    modules = (sources, entities, feature_views, feature_services)
-    kinds = ("Entity", "FileSource", "FeatureView", "FeatureService", "OnDemandFeatureView")
-    found = {id(obj): obj for module in modules for obj in vars(module).values()
-             if type(obj).__name__ in kinds}  # modules re-export what they import
-    return list(found.values())
+def contents():
+    """Feast's RepoContents of this folder, parsed as `feast plan/apply` parse it (the modules
+    that .feastignore leaves: definitions.py)."""
+    from feast.repo_operations import parse_repo
+
+    with contextlib.chdir(REPO_DIR):  # Feast names the modules by their path from the cwd
+        sys.path.insert(0, str(REPO_DIR))
+        try:
+            return parse_repo(REPO_DIR)
+        finally:
+            sys.path.remove(str(REPO_DIR))
 
 
 def apply(store) -> list[str]:
-    """Register the definitions; delete registered objects no longer defined. Returns
-    'Kind name' of each definition."""
-    objects = definitions()
-    names = {(type(o).__name__, o.name) for o in objects}
-    registered = (store.list_entities() + store.list_feature_views() + store.list_feature_services()
-                  + store.list_on_demand_feature_views())
-    stale = [o for o in registered if (type(o).__name__, o.name) not in names]
-    store.apply(objects, objects_to_delete=stale, partial=not stale)
-    return sorted(f"{kind} {name}" for kind, name in names)
+    """Register the definitions; delete registered objects no longer defined (as `feast apply`).
+    Returns 'Kind name' of each definition."""
+    from feast.feature_view import DUMMY_ENTITY_NAME
+    from feast.repo_operations import apply_total_with_repo_instance
+
+    repo = contents()
+    apply_total_with_repo_instance(store, store.project, store.registry, repo,
+                                   skip_source_validation=False)
+    kinds = {"Entity": repo.entities, "FeatureView": repo.feature_views,
+             "FeatureService": repo.feature_services,
+             "OnDemandFeatureView": repo.on_demand_feature_views}
+    return sorted(f"{kind} {obj.name}" for kind, objects in kinds.items() for obj in objects
+                  if obj.name != DUMMY_ENTITY_NAME)
 
 
 def materialize(store, full: bool = False, end: datetime | None = None) -> str:

@@ -1,7 +1,7 @@
 """Batch sources: the Delta tables of CONTRACTS.md, read by `DeltaOfflineStore` (live files only).
 
-Paths are relative to the Feast repo dir (`cfg.feast_dir`, where feature_store.yaml is generated),
-so these definitions hold for every `MMI_HOME`.
+Paths are relative to `cfg.feast_dir` (<home>/feast, the repo path `open_store` gives Feast), so
+these definitions hold for every `MMI_HOME`.
 """
 import os
 

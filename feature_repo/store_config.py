@@ -1,57 +1,45 @@
-"""Generate `feature_store.yaml` from the config, and open the Feast store it describes.
+"""Open the Feast store of a config from the committed `feature_repo/feature_store.yaml`.
 
-Paths and endpoints come from `mminterest.config` (environment), so the YAML is written into
-`cfg.feast_dir` rather than kept in the repository; the definitions stay declarative modules.
+The YAML names paths through `${MMI_HOME}`, which the `feast` CLI takes from the environment
+(Feast reads the file through `os.path.expandvars`); in-process, `repo_config(cfg)` substitutes the
+same variables from `cfg`, so a store can be opened for any home. The YAML describes the embedded
+store (SQLite online store); `online_store: redis` swaps in the Redis block at `MMI_REDIS_URL`.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from string import Template
 
 import yaml
 
-from feature_repo.delta_offline_store import CLASS_PATH
 from mminterest.config import Config, get_config
 
-PROJECT = "mminterest"
+FEATURE_STORE_YAML = Path(__file__).resolve().parent / "feature_store.yaml"
+
+
+def store_env(cfg: Config) -> dict[str, str]:
+    """The environment variables feature_store.yaml names, with the values of `cfg`."""
+    return {"MMI_HOME": str(cfg.home), "MMI_REDIS_URL": cfg.redis_url}
 
 
 def repo_config(cfg: Config) -> dict:
-    """The content of feature_store.yaml for `cfg`."""
-    if cfg.online_store == "sqlite":
-        online = {"type": "sqlite", "path": str(cfg.feast_dir / "online.db")}
-    elif cfg.online_store == "redis":
+    """The content of feature_store.yaml for `cfg` (every `${VAR}` must be known)."""
+    config = yaml.safe_load(Template(FEATURE_STORE_YAML.read_text()).substitute(store_env(cfg)))
+    if cfg.online_store == "redis":
         # skip_dedup: materialisation writes the offline store's latest row per key, so a
         # corrected row with an unchanged timestamp (e.g. a re-embedded item) must overwrite.
-        online = {"type": "redis", "connection_string": cfg.redis_url, "skip_dedup": True}
-    else:
+        config["online_store"] = {"type": "redis", "connection_string": cfg.redis_url,
+                                  "skip_dedup": True}
+    elif cfg.online_store != "sqlite":
         raise ValueError(f"online_store must be sqlite or redis, not {cfg.online_store!r}")
-    return {
-        "project": PROJECT,
-        "provider": "local",
-        "registry": {"registry_type": "sql", "path": f"sqlite:///{cfg.feast_dir / 'registry.db'}",
-                     "cache_ttl_seconds": 60},
-        "offline_store": {"type": CLASS_PATH},
-        "online_store": online,
-        "materialization": {"pull_latest_features": True},
-        "entity_key_serialization_version": 3,
-        "auth": {"type": "no_auth"},
-    }
-
-
-def write_feature_store_yaml(cfg: Config) -> Path:
-    """Write `cfg.feast_dir/feature_store.yaml` (only when its content changes); return its path."""
-    path = cfg.feast_dir / "feature_store.yaml"
-    text = "# generated from mminterest.config by feature_repo/store_config.py: do not edit\n" + \
-        yaml.safe_dump(repo_config(cfg), sort_keys=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-    return path
+    return config
 
 
 def open_store(cfg: Config | None = None):
-    """A Feast FeatureStore over `cfg` (default: the process config)."""
-    from feast import FeatureStore
+    """A Feast FeatureStore over `cfg` (default: the process config). Its repo path is
+    `cfg.feast_dir`, against which the sources' relative Delta paths resolve."""
+    from feast import FeatureStore, RepoConfig
 
     cfg = cfg or get_config()
-    return FeatureStore(repo_path=str(write_feature_store_yaml(cfg).parent))
+    cfg.feast_dir.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=RepoConfig(repo_path=cfg.feast_dir, **repo_config(cfg)))

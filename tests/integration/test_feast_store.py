@@ -43,7 +43,7 @@ def _stock_store(cfg) -> FeatureStore:
                                           **{**repo_config(cfg), "offline_store": {"type": "file"}}))
 
 
-def test_feature_store_yaml_is_generated_from_the_config(tmp_path):
+def test_feature_store_yaml_is_read_with_the_config(tmp_path):
     cfg = load_config(home=tmp_path / "h")
     sqlite = repo_config(cfg)
     assert sqlite["offline_store"] == {"type": CLASS_PATH}
@@ -53,7 +53,6 @@ def test_feature_store_yaml_is_generated_from_the_config(tmp_path):
                                     redis_url="10.1.2.3:6390"))
     assert redis["online_store"]["connection_string"] == "10.1.2.3:6390"
     store = open_store(cfg)
-    assert (cfg.feast_dir / "feature_store.yaml").exists()
     assert type(store._get_provider().offline_store).__name__ == "DeltaOfflineStore"
     with pytest.raises(ValueError):
         repo_config(load_config(home=tmp_path / "h", online_store="memcached"))
