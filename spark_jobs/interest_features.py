@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 from pyspark import TaskContext
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -29,17 +28,16 @@ from pyspark.sql import functions as F
 from feature_repo import feature_math
 from feature_repo.online import MODALITIES, ItemVectors, target_inputs
 from mminterest.config import Config, get_config
+from mminterest.schemas import utc as _utc
 from spark_jobs import delta_io
 from spark_jobs.behaviour import TABLE as BEHAVIOUR
 from spark_jobs.job import JobSummary, require
+from spark_jobs.schemas import ddl
 
 log = logging.getLogger("mminterest.interest")
 TABLE = "interest_features"
 CHUNK_BYTES = 4 << 20  # float64 history vectors per feature_math call: stays in cache
-SCHEMA = ("user_id long, item_id long, event_ts timestamp, hist_len int, "
-          "sim_img array<float>, sim_txt array<float>, "
-          "sim_mask_img array<boolean>, sim_mask_txt array<boolean>, "
-          "dist_img array<float>, dist_txt array<float>")
+SCHEMA = ddl(TABLE)  # mminterest/schemas.py
 
 
 def with_history(interactions: DataFrame, states: DataFrame) -> DataFrame:
@@ -167,13 +165,6 @@ def run(cfg: Config | None = None, spark: SparkSession | None = None, start=None
     summary = JobSummary("interest", rows, rows, time.time() - begun, f"event_ts in {window}")
     log.info(summary.line())
     return summary
-
-
-def _utc(t) -> pd.Timestamp | None:
-    if t is None:
-        return None
-    t = pd.Timestamp(t)
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
 if __name__ == "__main__":  # spark-submit: same arguments and exit codes as `mmi build interest`
