@@ -6,9 +6,9 @@ re-runs idempotently, and a failing Great Expectations gate fails the task with 
 A task whose entry point has not landed yet is marked successful instead of being run
 (`airflow dags test --mark-success-pattern`). So is every task downstream of such a task. A job
 therefore runs as soon as it and its upstream jobs exist. Once every job of the pipeline has
-landed, set PIPELINE_COMPLETE = True: a missing entry point then fails the test instead of being
-skipped. mm_training runs on the same features once `mmi trainset build`, `train`, `evaluate` and
-`promote` all exist and the feature pipeline runs in full.
+landed, set PIPELINE_COMPLETE = True (it is): a missing entry point then fails the test instead of
+being skipped. mm_training runs on the same features; a missing entry point of any DAG fails
+test_every_task_runs_its_entry_point_with_the_logical_date.
 """
 from __future__ import annotations
 
@@ -147,6 +147,7 @@ def test_every_task_runs_its_entry_point_with_the_logical_date(probe):
     venv_bin = str(REPO_ROOT / ".venv" / "bin")
     for dag_id, entries in ENTRY_POINTS.items():
         for task_id, (kind, name) in entries.items():
+            assert _landed((kind, name)), f"{dag_id}.{task_id}: entry point {kind} {name} missing"
             task = probe["dags"][dag_id]["tasks"][task_id]
             cmd = task["bash_command"]
             assert task["type"] == "BashOperator" and task["cwd"] == str(REPO_ROOT)
@@ -283,15 +284,8 @@ def test_cleared_rerun_and_later_date_leave_the_same_tables(feature_run):
     assert _snapshot(home, tables) == feature_run["snapshot"]
 
 
-def _training_landed() -> bool:
-    return all(_landed(e) for e in ENTRY_POINTS["mm_training"].values())
-
-
-@pytest.mark.skipif(not _training_landed(), reason="mmi trainset build / train / evaluate / promote "
-                    "have not all landed")
 def test_training_dag_runs_on_the_features(feature_run):
-    if feature_run["mark"]:
-        pytest.skip(f"feature pipeline incomplete: {sorted(feature_run['mark'])} not landed")
+    assert not feature_run["mark"], f"feature pipeline incomplete: {sorted(feature_run['mark'])}"
     home, dataset = feature_run["home"], feature_run["dataset"]
     manual = home / "models" / "ctr" / "manual-experiment"  # newest run, best AUC, not this DAG's
     manual.mkdir(parents=True, exist_ok=True)
