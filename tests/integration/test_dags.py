@@ -182,17 +182,18 @@ N_RATINGS, N_POSTERS = 1500, 20
 DATE, OTHER_DATE = "2026-11-20", "2026-11-21"
 
 
-def _slice(root: Path, extra_ratings: list[str] = ()) -> Path:
+def _slice(root: Path, extra_ratings: list[str] = (), n_ratings: int = N_RATINGS,
+           n_posters: int = N_POSTERS) -> Path:
     """The head of the real ratings, the movies they name, real posters of some of them (linked)."""
     (root / "posters").mkdir(parents=True)
-    ratings = (REAL_DATASET / "ratings.csv").read_text().splitlines()[: N_RATINGS + 1]
+    ratings = (REAL_DATASET / "ratings.csv").read_text().splitlines()[: n_ratings + 1]
     (root / "ratings.csv").write_text("\n".join(ratings + list(extra_ratings)) + "\n")
     ids = {line.split(",")[1] for line in ratings[1:]}
     movies = (REAL_DATASET / "movies.csv").read_bytes().splitlines()
     (root / "movies.csv").write_bytes(b"\n".join(
         movies[:1] + [m for m in movies[1:] if m.split(b",", 1)[0].decode() in ids]) + b"\n")
     index = (REAL_DATASET / "posters_index.csv").read_text().splitlines()
-    index = index[:1] + [line for line in index[1:] if line.split(",", 1)[0] in ids][:N_POSTERS]
+    index = index[:1] + [line for line in index[1:] if line.split(",", 1)[0] in ids][:n_posters]
     (root / "posters_index.csv").write_text("\n".join(index) + "\n")
     for line in index[1:]:
         path = line.split(",")[-2]
