@@ -1,17 +1,19 @@
-"""Process helpers for the local services: free ports, and stopping processes by their own ids.
+"""Process helpers for the local services: free ports, polling, and stopping processes by their ids.
 
-A process is identified by (pid, start time) so that a recycled pid is never signalled. Linux only
-(reads /proc).
+A process is identified by (pid, start time) so that a recycled pid is never signalled; psutil
+reads both. A zombie counts as gone: its parent reaps it.
 """
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TypeVar
+
+import psutil
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -21,67 +23,72 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state first), or None if no such pid."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return raw[raw.rindex(")") + 2:].split()
+def poll(check: Callable[[], T], timeout: float, interval: float) -> T:
+    """Call `check` every `interval` s until it returns a truthy value or `timeout` s have passed;
+    returns its last value. An exception of `check` ends the polling and propagates."""
+    return Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(interval),
+                    retry=retry_if_result(lambda value: not value),
+                    retry_error_callback=lambda state: state.outcome.result())(check)
 
 
 @dataclass(frozen=True)
 class Proc:
-    """One process we started (or a descendant of one): pid plus kernel start time."""
+    """One process we started (or a descendant of one): pid plus its start time (epoch s)."""
 
     pid: int
-    started: int  # clock ticks since boot (field 22 of /proc/PID/stat)
+    started: float  # psutil's create_time(), as psutil itself tells a recycled pid apart
 
     @classmethod
     def of(cls, pid: int) -> Proc | None:
-        fields = _stat(pid)
-        return cls(pid, int(fields[19])) if fields else None
+        try:
+            return cls(pid, psutil.Process(pid).create_time())
+        except psutil.NoSuchProcess:
+            return None
+
+    def process(self) -> psutil.Process | None:
+        """The live psutil process of this very (pid, start time), or None (gone or a zombie)."""
+        try:
+            proc = psutil.Process(self.pid)
+            if proc.create_time() == self.started and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc
+        except psutil.NoSuchProcess:
+            pass
+        return None
 
     def running(self) -> bool:
-        """True while this very process exists and is not a zombie."""
-        fields = _stat(self.pid)
-        return fields is not None and fields[0] != "Z" and int(fields[19]) == self.started
+        return self.process() is not None
 
     def descendants(self) -> list[Proc]:
         """Every live process below this one (children, their children, ...)."""
-        parents: dict[int, list[int]] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and (fields := _stat(int(entry.name))):
-                parents.setdefault(int(fields[1]), []).append(int(entry.name))
-        out, todo = [], list(parents.get(self.pid, []))
-        while todo:
-            pid = todo.pop()
-            if proc := Proc.of(pid):
-                out.append(proc)
-            todo.extend(parents.get(pid, []))
-        return out
-
-
-def _signal(procs: Iterable[Proc], sig: int) -> None:
-    for proc in procs:
-        if proc.running():
+        proc = self.process()
+        if proc is None:
+            return []
+        found = []
+        for child in proc.children(recursive=True):
             try:
-                os.kill(proc.pid, sig)
-            except ProcessLookupError:
+                found.append(Proc(child.pid, child.create_time()))
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+
+def _signal(procs: Iterable[Proc], kill: bool) -> None:
+    for proc in procs:
+        if live := proc.process():
+            try:
+                live.kill() if kill else live.terminate()
+            except psutil.NoSuchProcess:
                 pass
 
 
 def stop(procs: list[Proc], timeout: float = 20.0) -> list[Proc]:
-    """SIGTERM `procs` in order, SIGKILL what is left after `timeout`; returns those still alive
-    (normally none). Zombies count as gone: their parent reaps them."""
-    _signal(procs, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(p.running() for p in procs):
-        time.sleep(0.1)
-    left = [p for p in procs if p.running()]
-    if left:
-        _signal(left, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(p.running() for p in left):
-            time.sleep(0.05)
-    return [p for p in procs if p.running()]
+    """SIGTERM `procs`, SIGKILL what is left after `timeout`; returns those still alive
+    (normally none)."""
+    def alive() -> list[Proc]:
+        return [p for p in procs if p.running()]
+
+    _signal(procs, kill=False)
+    if not poll(lambda: not alive(), timeout, 0.1):
+        _signal(alive(), kill=True)
+        poll(lambda: not alive(), 5.0, 0.05)
+    return alive()

@@ -9,13 +9,11 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from infra.procs import Proc, free_port, stop
+from infra.procs import Proc, free_port, poll, stop
 
 HOST = "127.0.0.1"
 
@@ -66,31 +64,28 @@ class RedisServer:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             start_new_session=True)
         self.proc = Proc.of(self._popen.pid)
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.ping():
-                return self
-            if self._popen.poll() is not None:
-                break
-            time.sleep(0.05)
+        if poll(lambda: self.ping() or self._popen.poll() is not None, self.ready_timeout, 0.05) \
+                and self._popen.poll() is None:
+            return self
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         self.stop()
         raise RedisServerError(f"redis-server on port {self.port} did not answer PING:\n{tail}")
 
     def ping(self) -> bool:
-        """True if the server answers PING (plain RESP over a socket, no client library)."""
-        try:
-            with socket.create_connection((HOST, self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def client(self):
-        """A redis-py client of this server."""
+        """True if the server answers PING."""
         import redis
 
-        return redis.Redis(host=HOST, port=self.port)
+        try:
+            with self.client(socket_timeout=1, socket_connect_timeout=1) as client:
+                return bool(client.ping())
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+
+    def client(self, **options):
+        """A redis-py client of this server (`options`: those of `redis.Redis`)."""
+        import redis
+
+        return redis.Redis(host=HOST, port=self.port, **options)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM by pid (SIGKILL after `timeout`) and reap; a no-op when not running."""

@@ -18,12 +18,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.procs import Proc, free_port, stop
+from infra.procs import Proc, free_port, poll, stop
 
 HOST = "127.0.0.1"
 STATE_FILE = "cluster.json"
@@ -164,23 +163,27 @@ class SparkCluster:
     def _master_addresses(self) -> tuple[str, str]:
         """(spark:// URL, web UI URL) as the master reports them (Spark may move off a taken port)."""
         log = self.logs / "master.log"
-        deadline = time.monotonic() + self.ready_timeout
-        url = ui = None
-        while time.monotonic() < deadline:
+
+        def addresses() -> tuple[str, str] | None:
             text = log.read_text(errors="replace") if log.exists() else ""
-            url = url or _search(r"Starting Spark master at (spark://\S+)", text)
-            ui = ui or _search(r"Successfully started service 'MasterUI' on port (\d+)", text)
+            url = _search(r"Starting Spark master at (spark://\S+)", text)
+            ui = _search(r"Successfully started service 'MasterUI' on port (\d+)", text)
             if url and ui:
                 return url, f"http://{HOST}:{ui}"
             if not self.procs[0].running():
-                break
-            time.sleep(0.2)
-        raise ClusterError(f"master did not start in {self.ready_timeout:.0f} s:\n{_tail(log)}")
+                raise ClusterError(f"master died:\n{_tail(log)}")
+            return None
+
+        found = poll(addresses, self.ready_timeout, 0.2)
+        if found is None:
+            raise ClusterError(f"master did not start in {self.ready_timeout:.0f} s:\n{_tail(log)}")
+        return found
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout
         seen: dict = {}
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
+            nonlocal seen
             for proc, name in zip(self.procs, self._names()):
                 if not proc.running():
                     raise ClusterError(f"{name} died:\n{_tail(self.logs / f'{name}.log')}")
@@ -188,12 +191,12 @@ class SparkCluster:
                 seen = self.status()
             except OSError:
                 seen = {}
-            if seen.get("status") == "ALIVE" and seen.get("aliveworkers") == self.workers:
-                return
-            time.sleep(0.3)
-        raise ClusterError(f"cluster not ready in {self.ready_timeout:.0f} s (master says "
-                           f"{seen.get('status')}, {seen.get('aliveworkers')}/{self.workers} "
-                           f"workers); logs in {self.log_dir}")
+            return seen.get("status") == "ALIVE" and seen.get("aliveworkers") == self.workers
+
+        if not poll(ready, self.ready_timeout, 0.3):
+            raise ClusterError(f"cluster not ready in {self.ready_timeout:.0f} s (master says "
+                               f"{seen.get('status')}, {seen.get('aliveworkers')}/{self.workers} "
+                               f"workers); logs in {self.log_dir}")
 
     def _names(self) -> list[str]:
         return ["master"] + [f"worker-{i}" for i in range(len(self.procs) - 1)]
