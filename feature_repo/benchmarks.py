@@ -58,8 +58,6 @@ def _best_of(n: int, contenders: list) -> list[tuple[float, object]]:
 
 def _feature_tables(cfg, tmp):
     """(config whose home holds the three feature tables, description of the data)."""
-    import dataclasses
-
     from deltalake import DeltaTable
 
     names = ("item_embeddings", "user_behaviour", "interest_features")
@@ -74,7 +72,7 @@ def _feature_tables(cfg, tmp):
     items = DeltaTable(cfg.table("items")).to_pandas(
         columns=["item_id", "image_path", "first_seen_ts"])
     items = items.assign(valid_from_ts=items["first_seen_ts"].fillna(interactions["event_ts"].max()))
-    made = dataclasses.replace(cfg, home=tmp)
+    made = cfg.model_copy(update={"home": tmp})
     synthetic.write_tables(made, interactions, DIMS, items=items,
                            without_img=items.loc[items["image_path"].isna(), "item_id"])
     return made, (f"ingested interactions ({len(interactions):,}) and items, behaviour and "

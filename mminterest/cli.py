@@ -35,7 +35,7 @@ def _config_show(args) -> int:
 
     cfg = get_config()
     sources = cfg.sources()
-    for name, value in vars(cfg).items():
+    for name, value in cfg.model_dump().items():
         print(f"{name:24} {value!s:60} [{sources[name]}: MMI_{name.upper()}]")
     return 0
 

@@ -1,22 +1,22 @@
-"""The one typed config. Defaults run on one machine; every field is overridable by `MMI_<FIELD>`."""
+"""The one typed config. Defaults run on one machine; every field is overridable by `MMI_<FIELD>`
+(read and type-checked by pydantic-settings)."""
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV_PREFIX = "MMI_"
 
 
-def _env_name(name: str) -> str:
-    return "MMI_" + name.upper()
+class Config(BaseSettings):
+    """Effective settings: defaults, then `MMI_*` environment variables, then keyword arguments;
+    frozen (`cfg.model_copy(update={...})` for a variant). Paths are absolute after `load_config()`."""
 
-
-@dataclass(frozen=True)
-class Config:
-    """Effective settings; paths are absolute after `load_config()`."""
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     home: Path = REPO_ROOT / ".mmi"  # all state: Delta tables, registry, models, reports
     dataset: str = "movielens"  # adapter name in spark_jobs.adapters
@@ -62,35 +62,24 @@ class Config:
 
     def sources(self) -> dict[str, str]:
         """Field name -> 'env' or 'default', for `mmi config show`."""
-        return {f.name: ("env" if _env_name(f.name) in os.environ else "default")
-                for f in dataclasses.fields(self)}
-
-
-def _cast(raw: str, typ: type):
-    if typ is bool:
-        return raw.lower() in ("1", "true", "yes", "on")
-    return typ(raw)
+        env = {name.upper() for name in os.environ}
+        return {name: ("env" if (ENV_PREFIX + name).upper() in env else "default")
+                for name in type(self).model_fields}
 
 
 def load_config(**overrides) -> Config:
-    """Build the config from defaults, then `MMI_*` environment variables, then explicit overrides."""
-    values = {}
-    types = {"Path": Path, "str": str, "int": int, "float": float, "bool": bool}
-    for f in dataclasses.fields(Config):
-        raw = os.environ.get(_env_name(f.name))
-        if raw is not None:
-            values[f.name] = _cast(raw, types[str(f.type)])
-    values.update(overrides)
-    cfg = Config(**values)
-    home = Path(cfg.home).resolve()
+    """Build the config from defaults, then `MMI_*` environment variables, then explicit overrides;
+    paths made absolute (empty model folders: their defaults under home)."""
+    cfg = Config(**overrides)
+    home = cfg.home.resolve()
 
     def model_path(value: Path, default: Path) -> Path:
-        return default if str(value) in ("", ".") else Path(value).resolve()
+        return default if str(value) in ("", ".") else value.resolve()
 
-    return dataclasses.replace(
-        cfg, home=home, dataset_dir=Path(cfg.dataset_dir).resolve(),
-        encoder_dir=model_path(cfg.encoder_dir, home / "models" / "content" / "current"),
-        model_dir=model_path(cfg.model_dir, home / "models" / "ctr" / "current"))
+    return cfg.model_copy(update={
+        "home": home, "dataset_dir": cfg.dataset_dir.resolve(),
+        "encoder_dir": model_path(cfg.encoder_dir, home / "models" / "content" / "current"),
+        "model_dir": model_path(cfg.model_dir, home / "models" / "ctr" / "current")})
 
 
 @lru_cache(maxsize=1)

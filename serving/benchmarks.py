@@ -81,15 +81,13 @@ def _summary(by_concurrency: dict) -> dict:
 def _setup(cfg, tmp, redis_url):
     """(config of a home over Redis with applied, materialised tables; data description; a user
     with a full history; CANDIDATES item ids)."""
-    import dataclasses
-
     import numpy as np
     from deltalake import DeltaTable
 
     from feature_repo import repo
     from feature_repo.store_config import open_store
 
-    bench = dataclasses.replace(cfg, home=tmp / "home", online_store="redis", redis_url=redis_url)
+    bench = cfg.model_copy(update={"home": tmp / "home", "online_store": "redis", "redis_url": redis_url})
     names = ("item_embeddings", "user_behaviour", "interest_features")
     if (cfg.home / "FEATURES_READY").exists():
         for name in names:  # read-only: link the project's tables into the temporary home

@@ -86,7 +86,6 @@ def _timed(run) -> tuple[float, object]:
 
 def _interest_inputs(cfg, spark, tmp):
     """(config whose home holds interactions, user_behaviour, item_embeddings; description)."""
-    import dataclasses
     import shutil
 
     from feature_repo import synthetic
@@ -96,7 +95,7 @@ def _interest_inputs(cfg, spark, tmp):
     have = {n: delta_io.exists(cfg.table(n)) for n in ("user_behaviour", "item_embeddings")}
     if all(have.values()):
         return cfg, "project tables (interactions, user_behaviour, item_embeddings)"
-    made = dataclasses.replace(cfg, home=tmp)
+    made = cfg.model_copy(update={"home": tmp})
     for name in ("interactions", *[n for n, ok in have.items() if ok]):
         shutil.copytree(cfg.table(name), made.table(name))  # a Delta table is its folder
     notes = []

@@ -155,7 +155,7 @@ def test_names_cross_reference():
 
 
 def test_mmi_variables_are_config_fields():
-    fields = {f"MMI_{name.upper()}" for name in Config.__dataclass_fields__}
+    fields = {f"MMI_{name.upper()}" for name in Config.model_fields}
     text = "\n".join(p.read_text() for p in K8S.rglob("*.yaml"))
     used = set(re.findall(r"\bMMI_[A-Z_]+\b", text)) - NOT_CONFIG
     assert used and used <= fields, used - fields
