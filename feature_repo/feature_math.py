@@ -23,12 +23,11 @@ Conventions (CONTRACTS.md):
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["similarity_scores", "interest_distribution", "target_features", "stack_ragged",
-           "stack_vectors"]
+__all__ = ["similarity_scores", "interest_distribution", "target_features", "stack_ragged"]
 
 
 def _norms(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -39,17 +38,14 @@ def _norms(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sqrt(np.where(ok, sq, 1.0)), ok
 
 
-def similarity_scores(target: np.ndarray, history: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Scores r = (cos + 1) / 2, (B, T) float32, 0 where masked or either vector is zero/non-finite.
+def similarity_scores(target: np.ndarray, history: np.ndarray,
+                      mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores r = (cos + 1) / 2, (B, T) float32, 0 where not valid; valid (B, T) bool: masked in
+    and both vectors non-zero and finite).
 
     target (B, d), history (B, T, d), mask (B, T) bool. `history` may be a broadcast view of one
     shared (T, d) history (stride 0 on the batch axis): it is then read once, not B times.
     """
-    scores, _ = _scores_and_mask(target, history, mask)
-    return scores
-
-
-def _scores_and_mask(target, history, mask) -> tuple[np.ndarray, np.ndarray]:
     target = np.asarray(target)
     history = np.asarray(history)
     mask = np.asarray(mask, dtype=bool)
@@ -122,7 +118,7 @@ def target_features(target_vecs: Mapping[str, np.ndarray], history_vecs: Mapping
         raise ValueError(f"modalities {missing} lack history vectors or masks")
     out: dict[str, np.ndarray] = {}
     for m, target in target_vecs.items():
-        sim, valid = _scores_and_mask(target, history_vecs[m], history_masks[m])
+        sim, valid = similarity_scores(target, history_vecs[m], history_masks[m])
         out[f"sim_{m}"] = sim
         out[f"sim_mask_{m}"] = valid
         out[f"dist_{m}"] = interest_distribution(sim, valid, l, n)
@@ -148,35 +144,3 @@ def stack_ragged(offsets: np.ndarray, values: np.ndarray, T: int,
     out[mask] = values[src]
     return out, mask
 
-
-def stack_vectors(rows: Sequence[Sequence | None], T: int,
-                  dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row lists of vectors (most recent first; a vector may be None or empty = modality
-    missing, a row may be None = empty history) -> (B, T, d) float32, zeros where absent, and (B, T) mask,
-    True at present vectors. Rows are cut to T. `dim` is d when no vector is present (else taken
-    from the first present vector; 0 if none). Raises ValueError on vectors of other widths."""
-    flat, picked = [], []
-    for b, row in enumerate(rows):
-        if row is None:
-            continue
-        for t, v in enumerate(row[:T]):
-            if v is not None and len(v):
-                flat.append(b * T + t)
-                picked.append(v)
-    B = len(rows)
-    if picked:
-        try:
-            vecs = np.asarray(picked, dtype=np.float32)
-        except ValueError as err:
-            raise ValueError(f"history vectors of different widths: {err}") from None
-        if vecs.ndim != 2 or (dim is not None and vecs.shape[1] != dim):
-            raise ValueError(f"history vectors must all have width {dim or vecs.shape[-1]}; "
-                             f"got an array of shape {vecs.shape}")
-        dim = vecs.shape[1]
-    out = np.zeros((B * T, dim or 0), dtype=np.float32)
-    mask = np.zeros(B * T, dtype=bool)
-    if picked:
-        idx = np.asarray(flat, dtype=np.int64)
-        out[idx] = vecs
-        mask[idx] = True
-    return out.reshape(B, T, dim or 0), mask.reshape(B, T)

@@ -77,15 +77,6 @@ def sum_gradients(params: list[nn.Parameter]) -> None:
         offset += n
 
 
-def mean_across(value: float) -> float:
-    """Mean of a Python number over ranks (for logging)."""
-    if not is_distributed():
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / dist.get_world_size()
-
-
 def global_count(local: int) -> int:
     """Sum of a per-rank count over ranks (so every rank takes the same branch)."""
     if not is_distributed():

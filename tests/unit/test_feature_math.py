@@ -34,7 +34,7 @@ def test_two_item_history_with_known_cosines():
     target = np.array([[1.0, 0.0]], np.float32)
     history = np.array([[[0.0, 3.0], [-2.0, 0.0], [1.0, 1.0], [0.0, 0.0]]], np.float32)
     mask = np.array([[True, True, True, False]])
-    sim = fm.similarity_scores(target, history, mask)
+    sim, _ = fm.similarity_scores(target, history, mask)
     assert sim.dtype == np.float32 and sim.shape == (1, 4)
     # cos = 0, -1, 1/sqrt(2); padding -> 0
     np.testing.assert_allclose(sim[0], [0.5, 0.0, (1 + 1 / math.sqrt(2)) / 2, 0.0], atol=1e-7)
@@ -57,7 +57,7 @@ def test_bin_edges_r_one_goes_to_last_bin_and_exact_edges_go_up():
     np.testing.assert_allclose(dist, want, atol=1e-6)
     # identical target and item: cos = 1 -> r = 1 -> last bin
     v = np.array([[0.3, -0.4, 1.2]], np.float32)
-    sim = fm.similarity_scores(v, v[:, None, :], np.ones((1, 1), bool))
+    sim, _ = fm.similarity_scores(v, v[:, None, :], np.ones((1, 1), bool))
     assert sim[0, 0] == pytest.approx(1.0, abs=1e-7)
     assert fm.interest_distribution(sim, np.ones((1, 1), bool), l=1, n=10)[0, 0, 9] == 1.0
 
@@ -66,7 +66,7 @@ def test_scores_parallel_and_antiparallel_are_bounded():
     rng = np.random.default_rng(0)
     v = rng.normal(size=(5, 16)).astype(np.float32)
     history = np.stack([v, -v, 7.5 * v], axis=1)
-    sim = fm.similarity_scores(v, history, np.ones((5, 3), bool))
+    sim, _ = fm.similarity_scores(v, history, np.ones((5, 3), bool))
     assert (sim >= 0).all() and (sim <= 1).all()
     np.testing.assert_allclose(sim, np.tile([1.0, 0.0, 1.0], (5, 1)), atol=1e-6)
 
@@ -124,7 +124,7 @@ def test_non_finite_vectors_are_masked_silently():
     history = np.array([[[1.0, 0.0], [np.inf, 0.0]], [[1.0, 0.0], [0.0, 1.0]],
                         [[1.0, 1.0], [-np.inf, np.nan]]], np.float32)
     with np.errstate(all="raise"):
-        sim = fm.similarity_scores(target, history, np.ones((3, 2), bool))
+        sim, _ = fm.similarity_scores(target, history, np.ones((3, 2), bool))
     np.testing.assert_allclose(sim, [[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]], atol=1e-7)
 
 
@@ -238,25 +238,9 @@ def test_stack_ragged_arrow_layout_keeps_most_recent_and_pads_right():
         fm.stack_ragged(np.array([3, 1]), values, 4)
 
 
-def test_stack_vectors_with_missing_vectors_and_rows():
-    rows = [[[1.0, 2.0], None, [3.0, 4.0]], None, [], [[5, 6], [7, 8], [9, 9], [0, 1]]]
-    vecs, mask = fm.stack_vectors(rows, T=3)
-    assert vecs.shape == (4, 3, 2) and vecs.dtype == np.float32
-    np.testing.assert_array_equal(mask, [[1, 0, 1], [0, 0, 0], [0, 0, 0], [1, 1, 1]])
-    np.testing.assert_array_equal(vecs[0], [[1, 2], [0, 0], [3, 4]])
-    np.testing.assert_array_equal(vecs[3], [[5, 6], [7, 8], [9, 9]])
-    assert (vecs[1:3] == 0).all()
-    empty, emask = fm.stack_vectors([None, [None]], T=2, dim=5)
-    assert empty.shape == (2, 2, 5) and not emask.any()
-    with pytest.raises(ValueError, match="width"):
-        fm.stack_vectors([[[1.0, 2.0], [1.0, 2.0, 3.0]]], T=2)
-    with pytest.raises(ValueError, match="width 3"):
-        fm.stack_vectors([[[1.0, 2.0]]], T=2, dim=3)
-
-
-def test_stacked_vectors_feed_target_features():
-    rows = [[[1.0, 0.0], None], [[0.0, 1.0], [1.0, 0.0]]]
-    hist, mask = fm.stack_vectors(rows, T=2)
+def test_missing_history_vectors_and_targets_are_masked():
+    hist = np.array([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]], np.float32)
+    mask = np.array([[True, False], [True, True]])
     target = np.array([[1.0, 0.0], [0.0, 0.0]], np.float32)  # second target lacks the modality
     out = fm.target_features({"img": target}, {"img": hist}, {"img": mask}, l=1, n=2)
     np.testing.assert_array_equal(out["sim_img"], [[1.0, 0.0], [0.0, 0.0]])

@@ -138,9 +138,9 @@ def test_registry_names():
         build_model("ciubm_ciubm_din", CFG)
 
 
-def test_config_json_round_trip():
+def test_config_dict_round_trip():
     cfg = CFG.replace(sim_mode="hard", use_mifu=False)
-    again = ModelConfig.from_json(cfg.to_json())
+    again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and isinstance(again.mlp_dims, tuple)
     with pytest.raises(ValueError, match="unknown ModelConfig fields"):
         ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})

@@ -78,10 +78,6 @@ class NegativeQueue:
         return len(self._batches)
 
     @property
-    def is_full(self) -> bool:
-        return len(self._batches) == self.k
-
-    @property
     def size(self) -> int:
         """Number of queued candidate rows."""
         return sum(int(b["fused"].shape[0]) for b in self._batches)

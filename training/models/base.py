@@ -112,13 +112,6 @@ class ModelConfig:
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        return cls.from_dict(json.loads(text))
-
 
 class FeatureEmbeddings(nn.Module):
     """User, item and category embedding tables; index 0 = padding / unknown.
