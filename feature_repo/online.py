@@ -174,8 +174,12 @@ class OnlineFeatures:
 
     def __init__(self, store, seq_len: int = 64, time_slices: int = 10, sim_bins: int = 10,
                  service: str = "ctr_serving", item_cache_s: float = 60.0,
-                 item_cache_size: int = 200_000):
+                 item_cache_size: int = 200_000, fast_read: bool = True):
+        from feature_repo import online_redis  # feast: not in the training environment
+
         self.store = store
+        # Redis: read Feast's layout directly (online_redis.py), same values; else get_online_features
+        self._redis = online_redis.reader(store) if fast_read else None
         self.seq_len, self.time_slices, self.sim_bins = seq_len, time_slices, sim_bins
         projections = store.get_feature_service(service).feature_view_projections
         refs = [f"{p.name}:{f.name}" for p in projections for f in p.features]
@@ -256,9 +260,12 @@ class OnlineFeatures:
 
     def _read(self, refs: list[str], key: str, ids: list[int]) -> dict[str, list]:
         """feature name -> per-id list of values (None where absent), decoded from the proto."""
-        proto = self.store.get_online_features(features=refs, entity_rows={key: ids}).proto
-        return {name: [_decode(v) for v in result.values]
-                for name, result in zip(proto.metadata.feature_names.val, proto.results)}
+        if self._redis is not None:
+            protos = self._redis.read(refs, key, ids)
+        else:
+            proto = self.store.get_online_features(features=refs, entity_rows={key: ids}).proto
+            protos = {n: r.values for n, r in zip(proto.metadata.feature_names.val, proto.results)}
+        return {name: [_decode(v) for v in values] for name, values in protos.items()}
 
 
 def _local_registry_files(store) -> list[str]:
