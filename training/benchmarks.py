@@ -15,12 +15,12 @@ def _columns(root, split: str, rows: int):
     import numpy as np
     import pyarrow.parquet as pq
 
-    from training.loader import ItemVectors
+    from training.loader import FusedVectorTable
 
     table = pq.read_table(root / split).slice(0, rows).to_pandas()
     cols = {c: np.stack(v.to_numpy()) if v.dtype == object and c != "category" else v.to_numpy()
             for c, v in table.items()}
-    cols["hist_mm"] = ItemVectors(root)(cols["hist_item_ids"], cols["hist_mask"])
+    cols["hist_mm"] = FusedVectorTable(root)(cols["hist_item_ids"], cols["hist_mask"])
     return cols
 
 

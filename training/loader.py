@@ -34,7 +34,7 @@ def meta(root: str | Path) -> dict:
     return json.loads((Path(root) / "meta.json").read_text())
 
 
-class ItemVectors:
+class FusedVectorTable:
     """item id -> fused vector (zeros for an unknown id), from `<root>/item_mm/`."""
 
     def __init__(self, root: str | Path):
@@ -55,11 +55,11 @@ class TrainsetBatches(IterableDataset):
     """Batches of one split; `set_epoch(e)` reshuffles (when `shuffle`) with seed + e."""
 
     def __init__(self, root: str | Path, split: str, vocab: Vocab, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, rank: int = 0, world: int = 1, vectors: ItemVectors | None = None):
+                 seed: int = 0, rank: int = 0, world: int = 1, vectors: FusedVectorTable | None = None):
         super().__init__()
         self.root, self.split, self.vocab = Path(root), split, vocab
         self.batch_size, self.shuffle, self.seed, self.rank, self.world = batch_size, shuffle, seed, rank, world
-        self.vectors = vectors or ItemVectors(root)
+        self.vectors = vectors or FusedVectorTable(root)
         info = meta(root)
         self.rows, self.dist_shape = info["rows"][split], (info["l"], info["n"])
         self.epoch = 0

@@ -56,7 +56,7 @@ def test_batches_follow_the_contract_and_cover_every_row(root):
     import pyarrow.parquet as pq
     import torch
 
-    from training.loader import ItemVectors, make_loader
+    from training.loader import FusedVectorTable, make_loader
     from training.vocab import Vocab
 
     vocab = Vocab.load(root)
@@ -72,7 +72,7 @@ def test_batches_follow_the_contract_and_cover_every_row(root):
     assert b["item"].tolist() == vocab.item_index(table["item_id"][:32].to_numpy()).tolist()
     hist = np.stack(table["hist_item_ids"][:32])
     mask = np.stack(table["hist_mask"][:32])
-    want = ItemVectors(root)(hist, mask)
+    want = FusedVectorTable(root)(hist, mask)
     assert np.allclose(b["hist_mm"].numpy(), want) and not b["hist_mm"][~b["hist_mask"]].any()
 
 
