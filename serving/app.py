@@ -135,7 +135,7 @@ def rank(service: Service, request: RankRequest) -> dict:
     service.fetch_time.observe(scored - started)
     scores = ranker.score(features)
     service.model_time.observe(time.perf_counter() - scored)
-    known_items = ranker.known_items(features.item_ids)
+    used = ranker.used(features)
     if not ranker.known_users([request.user_id])[0]:
         user_status = "unknown_user"  # no ID embedding; its history (if any) is still used
     else:
@@ -144,13 +144,14 @@ def rank(service: Service, request: RankRequest) -> dict:
     return {"user_id": request.user_id, "user_status": user_status,
             "hist_len": features.hist_len, "model": ranker.version,
             "items": [{"item_id": int(features.item_ids[i]), "score": float(scores[i]),
-                       "status": _item_status(features.found[i], known_items[i])} for i in order]}
+                       "status": _item_status(features.found[i], used[i]["id"]), "used": used[i]}
+                      for i in order]}
 
 
 def _item_status(embedded: bool, known: bool) -> str:
     if not embedded:
         return "item_not_embedded"  # scored on its ID / category features only
-    return "ok" if known else "unknown_item"  # unknown: no ID embedding, scored on content
+    return "ok" if known else "unknown_item"  # unknown: no ID embedding, scored on content + category
 
 
 async def _new_items(request: Request) -> list[dict]:

@@ -2,7 +2,9 @@
 
 `Ranker.score(features)` turns one user's `CandidateFeatures` into the CTR batch with
 `training.batch.make_batch` (the conversion training uses) and returns click probabilities. The
-one history is broadcast to the B candidates (numpy views, not copies).
+one history is broadcast to the B candidates (numpy views, not copies). Categories come from the
+online store (mapped through the model's vocabulary), so an item added after training is scored
+with its category; `Ranker.used` says which features each score used.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 from feature_repo.online import CandidateFeatures
+from mminterest.schemas import VECTORS
 from training.batch import make_batch
 from training.models import load_model
 from training.vocab import Vocab
@@ -31,7 +34,8 @@ def columns(features: CandidateFeatures) -> dict[str, np.ndarray]:
             "sim_mask_img": features.sim_mask_img, "sim_mask_txt": features.sim_mask_txt,
             "dist_img": features.dist_img, "dist_txt": features.dist_txt,
             "target_mm": features.target_mm,
-            "hist_mm": each(features.hist_mm)}
+            "hist_mm": each(features.hist_mm),
+            "category": features.category, "hist_category": each(features.hist_category)}
 
 
 class Ranker:
@@ -41,6 +45,9 @@ class Ranker:
         self.model = model.eval()
         self.vocab = vocab
         self.version = version
+        keys = set(model.required_keys())  # in eval mode
+        reads = {"fused": "target_mm", **{m: f"sim_{m}" for m in VECTORS if m != "fused"}}
+        self.vectors_read = [f for f in VECTORS if reads[f] in keys]  # candidate vectors the model reads
 
     @classmethod
     def load(cls, directory: str | Path) -> Ranker:
@@ -66,3 +73,13 @@ class Ranker:
     def known_items(self, item_ids) -> np.ndarray:
         """True where the item has an ID embedding (is in the vocabulary)."""
         return np.asarray(self.vocab.item_index(np.asarray(item_ids, dtype=np.int64))) > 0
+
+    def used(self, features: CandidateFeatures) -> list[dict]:
+        """Per candidate, the features its score used: `id` (the item has an ID embedding),
+        `category` (the category name the model embedded; None when it knows none for the item)
+        and `vectors` (the candidate's content vectors the model reads and the store holds)."""
+        cats = self.vocab.categories(features.category, features.item_ids)
+        names = np.asarray([None, *self.vocab.cats], dtype=object)[cats]
+        present = [(f, features.present[f]) for f in self.vectors_read]
+        return [{"id": bool(known), "category": name, "vectors": [f for f, has in present if has[b]]}
+                for b, (known, name) in enumerate(zip(self.known_items(features.item_ids), names))]

@@ -46,10 +46,8 @@ def _interactions() -> pd.DataFrame:
     return pd.concat([rows, cold], ignore_index=True)  # COLD_USER: known, no positive yet
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A ciubm_dmae model trained a few steps on random features, saved with its vocab."""
-    directory = tmp_path_factory.mktemp("model")
+def _trained(name: str, directory):
+    """Model `name` trained a few steps on random features, saved with its vocab in `directory`."""
     rows = _interactions()
     catalogue = pd.DataFrame({"item_id": np.arange(1, ITEMS + 1),
                               "category": [f"genre{i % 4}|x" for i in range(1, ITEMS + 1)]})
@@ -57,7 +55,7 @@ def model_dir(tmp_path_factory):
     cfg = ModelConfig(n_users=vocab.n_users, n_items=vocab.n_items, n_cats=vocab.n_cats, emb_dim=8,
                       T=SMALL["seq_len"], l=SMALL["time_slices"], n=SMALL["sim_bins"],
                       mm_dim=DIMS["fused"], mlp_dims=(16,), att_dims=(8,), window=4)
-    model = build_model("ciubm_dmae", cfg)
+    model = build_model(name, cfg)
     rng = np.random.default_rng(0)
     B, T, L, N, D = 32, cfg.T, cfg.l, cfg.n, cfg.mm_dim
     optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
@@ -79,6 +77,18 @@ def model_dir(tmp_path_factory):
     model.save(directory)
     vocab.save(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A content model (ciubm_dmae: reads the fused vectors and the similarity sequences)."""
+    return _trained("ciubm_dmae", tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def din_dir(tmp_path_factory):
+    """DIN: ids and categories only (the other model the training DAG may promote)."""
+    return _trained("din", tmp_path_factory.mktemp("din"))
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +125,14 @@ def _offline_scores(cfg, user_id, item_ids) -> np.ndarray:
     hist = list(mine.hist_item_ids.iloc[-1]) if len(mine) else []
     emb = DeltaTable(cfg.table("item_embeddings")).to_pyarrow_table()
     vectors = ItemVectors.from_rows(emb["item_id"].to_numpy(), {
-        f: emb[f].to_numpy(zero_copy_only=False) for f in DIMS})
+        f: emb[f].to_numpy(zero_copy_only=False) for f in DIMS}, attrs={"category": emb["category"].to_pylist()})
     f = candidate_features(user_id, hist, item_ids, vectors, cfg.seq_len, cfg.time_slices,
                            cfg.sim_bins)
     B = len(item_ids)
     cols = {"user_id": np.full(B, user_id), "item_id": f.item_ids,
             "hist_item_ids": np.tile(f.hist_item_ids, (B, 1)), "hist_mask": np.tile(f.hist_mask, (B, 1)),
-            "hist_mm": np.tile(f.hist_mm, (B, 1, 1)),
+            "hist_mm": np.tile(f.hist_mm, (B, 1, 1)), "category": f.category,
+            "hist_category": np.tile(f.hist_category, (B, 1)),
             **{k: getattr(f, k) for k in ("sim_img", "sim_txt", "sim_mask_img", "sim_mask_txt",
                                           "dist_img", "dist_txt", "target_mm")}}
     ranker = Ranker.load(cfg.model_dir)
@@ -211,6 +222,47 @@ def test_new_items_are_embedded_and_ranked_at_once(served):
     assert {i["item_id"]: i["status"] for i in body["items"]}[70] == "unknown_item"
     want = dict(zip([70, 3], _offline_scores(cfg, 1, [70, 3])))  # Delta holds item 70 too
     assert all(abs(i["score"] - want[i["item_id"]]) <= 1e-5 for i in body["items"])
+
+
+def test_new_items_are_scored_by_their_category_and_content(served, din_dir):
+    """Items added after training are scored with the category and vectors read online, by either
+    model the training DAG promotes: DIN tells two new items apart by category (before, both got
+    category index 0 and the same score), the content model by text and by image. Each item's
+    `used` says which features its score used."""
+    cfg, client = served
+    png = io.BytesIO()
+    Image.new("RGB", (40, 30), (20, 90, 200)).save(png, format="PNG")
+    text = "A heist in the rain"
+    new = [{"item_id": 80, "text": text, "category": "genre1"},
+           {"item_id": 81, "text": text, "category": "genre2|x"},  # normalised to genre2
+           {"item_id": 82, "text": "A comedy about a talking dog", "category": "genre1"},
+           {"item_id": 83, "text": text, "category": "genre1", "image": base64.b64encode(png.getvalue()).decode()},
+           {"item_id": 84, "text": text, "category": "Westerns"}]  # a category the model never saw
+    added = client.post("/items", headers={"authorization": "Bearer s3cret"}, json={"items": new})
+    assert added.status_code == 200, added.text
+    request = {"user_id": 1, "item_ids": [80, 81, 82, 83, 84, 3]}
+
+    def ranked(app_client):
+        got = app_client.post("/rank", json=request)
+        assert got.status_code == 200, got.text
+        return {i["item_id"]: i for i in got.json()["items"]}
+
+    with TestClient(create_app(cfg, ranker=Ranker.load(din_dir))) as din_client:
+        din = ranked(din_client)
+    assert din[80]["score"] != din[81]["score"]  # same content, other category
+    assert din[80]["score"] == din[82]["score"] == din[83]["score"]  # DIN reads no content
+    assert din[80]["used"] == {"id": False, "category": "genre1", "vectors": []}
+    assert din[81]["used"]["category"] == "genre2" and din[84]["used"]["category"] is None
+    assert din[3]["used"] == {"id": True, "category": "genre3", "vectors": []}  # synthetic: none online
+
+    content = ranked(client)
+    assert content[80]["score"] != content[82]["score"]  # other text
+    assert content[80]["score"] != content[83]["score"]  # same text, with an image
+    assert content[80]["used"] == {"id": False, "category": "genre1", "vectors": ["txt", "fused"]}
+    assert content[83]["used"] == {"id": False, "category": "genre1", "vectors": ["img", "txt", "fused"]}
+    assert all(content[i]["status"] == "unknown_item" for i in range(80, 85))
+    want = dict(zip(request["item_ids"], _offline_scores(cfg, 1, request["item_ids"])))
+    assert all(abs(content[i]["score"] - want[i]) <= 1e-5 for i in want)
 
 
 def test_cached_item_vectors_are_replaced_when_an_item_is_rewritten(served):
