@@ -127,15 +127,23 @@ def promote(cfg: Config, run: Path) -> tuple[bool, str]:
         reason = f"promoted {run.name}: validation AUC {new:.4f} > {old:.4f} of {current.resolve().name}"
     else:
         reason = f"promoted {run.name}: validation AUC {new:.4f} (nothing promoted before)"
-    current.parent.mkdir(parents=True, exist_ok=True)
-    tmp = current.with_name(f".{current.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run, target_is_directory=True)
-    if current.exists() and not current.is_symlink():
-        raise FileExistsError(f"{current} is a real directory, not a link; move it away to promote")
-    os.replace(tmp, current)
+    point_link(current, run)
     track(cfg, "promote", run)  # the registry alias `champion` mirrors the symlink
     return True, reason
+
+
+def point_link(link: Path, target: Path) -> None:
+    """Make `link` a symlink to the directory `target`, replaced atomically (readers see the old or
+    the new target, never none): the one promotion step of CTR models and content encoders. A real
+    directory at `link` is never deleted: FileExistsError."""
+    link = Path(link)
+    if link.exists() and not link.is_symlink():
+        raise FileExistsError(f"{link} is a real directory, not a link; move it away to promote")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(target).resolve(), target_is_directory=True)
+    os.replace(tmp, link)
 
 
 def run_path(cfg: Config, run: str | None) -> Path:

@@ -76,17 +76,13 @@ def _stage(args) -> int:
 
 
 def promote(cfg, ref: str | Path) -> Path:
-    """Point cfg.encoder_dir at the saved encoder `ref` (symlink, replaced atomically); return the target."""
+    """Point cfg.encoder_dir at the saved encoder `ref` (`training.runs.point_link`, as CTR models);
+    return the target."""
+    from training.runs import point_link
+
     target = resolve_encoder(cfg, ref)
     assert target is not None
-    link = cfg.encoder_dir
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if link.is_dir() and not link.is_symlink():  # a copied encoder from an earlier promotion
-        shutil.rmtree(link)
-    tmp = link.with_name(f".{link.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target, target_is_directory=True)
-    os.replace(tmp, link)
+    point_link(cfg.encoder_dir, target)
     return target
 
 
@@ -96,7 +92,7 @@ def _promote(args) -> int:
     cfg = get_config()
     try:
         target = promote(cfg, args.encoder)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, FileExistsError) as err:
         return fail(err)
     print(f"content promote: {cfg.encoder_dir} -> {target}")
     return 0
