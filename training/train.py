@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
+from tqdm import tqdm
 
 from training import distributed
 from training.loader import TrainsetBatches, make_loader, meta
@@ -106,7 +107,9 @@ def train(root: str | Path, model_name: str, out: str | Path, seed: int = 0, epo
         batches.set_epoch(epoch)
         net.train()
         total = 0.0
-        for step, batch in zip(range(steps), loader):
+        bar = tqdm(zip(range(steps), loader), total=steps, desc=f"{model_name} s{seed} epoch {epoch + 1}",
+                   unit="batch", leave=False, disable=rank != 0, mininterval=2.0)
+        for step, batch in bar:
             got = net(batch)
             loss = F.binary_cross_entropy_with_logits(got["logit"], batch["label"]) + got["aux_loss"]
             opt.zero_grad()
@@ -114,9 +117,7 @@ def train(root: str | Path, model_name: str, out: str | Path, seed: int = 0, epo
             opt.step()
             total += float(loss.detach())
             seen += len(batch["label"]) * world
-            if rank == 0 and (step + 1) % max(1, steps // 2) == 0:
-                print(f"  {model_name} seed {seed} epoch {epoch + 1}/{epochs} step {step + 1}/{steps} "
-                      f"loss {total / (step + 1):.4f}", flush=True)
+            bar.set_postfix(loss=f"{total / (step + 1):.4f}", refresh=False)
         valid = predict(model, valid_loader)  # every rank: the same weights, hence the same decision
         valid_auc = auc(valid["label"], valid["score"])
         schedule.step(valid_auc)

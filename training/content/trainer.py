@@ -1,16 +1,14 @@
-"""Shared optimisation pieces: optimizer with per-part learning rates, one step, progress lines."""
+"""Shared optimisation pieces: optimizer with per-part learning rates, one step, progress (tqdm)."""
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from training.distributed import rank, sum_gradients
 from training.content.encoders import MultimodalEncoder
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,24 +47,28 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, grad_cl
 
 
 class Progress:
-    """Rank-0 log line every `every` steps with a running mean loss and throughput."""
+    """Rank-0 tqdm bar over `total` steps; its postfix is the mean loss of the last `every` steps."""
 
     def __init__(self, name: str, total: int, every: int):
-        self.name, self.total, self.every = name, total, max(1, every)
+        self.total, self.every = total, max(1, every)
         self.start = time.time()
         self.step = 0
         self._sum = 0.0
         self._n = 0
+        self.bar = tqdm(total=total, desc=name, unit="step", leave=False, disable=rank() != 0,
+                        mininterval=2.0)
 
     def update(self, loss: float, extra: str = "") -> None:
         self.step += 1
         self._sum += loss
         self._n += 1
-        if rank() == 0 and (self.step % self.every == 0 or self.step == self.total):
-            secs = time.time() - self.start
-            log.info("%s step %d/%d loss %.4f (%.2f s/step)%s", self.name, self.step, self.total,
-                     self._sum / self._n, secs / self.step, (" " + extra) if extra else "")
+        if self.step % self.every == 0 or self.step == self.total:
+            self.bar.set_postfix_str(f"loss {self._sum / self._n:.4f}{' ' + extra if extra else ''}",
+                                     refresh=False)
             self._sum, self._n = 0.0, 0
+        self.bar.update(1)
+        if self.step == self.total:
+            self.bar.close()
 
     @property
     def seconds(self) -> float:
