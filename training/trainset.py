@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 
 from mminterest.config import Config, get_config
+from mminterest.schemas import MODALITIES, utc
 from training.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 CUTS = (0.8, 0.9)  # event-time quantiles: train < cut 0 <= valid < cut 1 <= test
-MODALITIES = ("img", "txt")
 ROW_GROUP = 4096
 
 
@@ -122,9 +122,9 @@ def build(cfg: Config | None = None, name: str = "default", start: str | None = 
     rows = _read(cfg, "interactions", ["user_id", "item_id", "event_ts", "label"])
     rows["event_ts"] = pd.to_datetime(rows["event_ts"], utc=True)
     if start:
-        rows = rows[rows["event_ts"] >= pd.Timestamp(start, tz="UTC")]
+        rows = rows[rows["event_ts"] >= utc(start)]
     if end:
-        rows = rows[rows["event_ts"] < pd.Timestamp(end, tz="UTC")]
+        rows = rows[rows["event_ts"] < utc(end)]
     rows = rows.dropna(subset=["label"]).sort_values(["event_ts", "user_id", "item_id"], kind="stable")
     if len(rows) < 10:
         raise ValueError(f"only {len(rows)} labelled interactions in [{start}, {end}): too few to split")

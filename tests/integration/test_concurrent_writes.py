@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from feature_repo import repo
 from feature_repo.online import OnlineFeatures
 from feature_repo.store_config import open_store
-from mminterest import tables
+from mminterest import schemas, tables
 from mminterest.config import load_config
 from serving.app import create_app
 from tests.conftest import REAL_DATASET, tiny_encoder
@@ -74,10 +74,10 @@ def service(tmp_path, spark, request):
                       spark_master="local[2]", delta_commit_attempts=attempts)
     tiny_encoder().save(cfg.encoder_dir)
     movies = pd.read_csv(REAL_DATASET / "movies.csv").head(300)
-    items = pa.table({"item_id": movies["movieId"].astype("int64"), "title": movies["title"],
-                      "text": movies["title"] + ". " + movies["genres"].str.replace("|", ", "),
-                      "category": movies["genres"].str.split("|").str[0], "image_path": pa.nulls(300, pa.string()),
-                      "first_seen_ts": pa.nulls(300, pa.timestamp("us", tz="UTC"))})
+    items = schemas.table("items", {  # no image, never seen: null
+        "item_id": movies["movieId"], "title": movies["title"],
+        "text": movies["title"] + ". " + movies["genres"].str.replace("|", ", "),
+        "category": movies["genres"].map(schemas.category)})
     tables.merge_arrow(items, cfg.table("items"), ["item_id"])
     store = open_store(cfg)
     repo.apply(store)

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mminterest.schemas import category
 from training.distributed import broadcast_module, rank, shard_order, world_size
 from training.content.encoders import MultimodalEncoder
 from training.content.items import ItemTable
@@ -145,7 +146,7 @@ def hard_negatives(pairs: pd.DataFrame, items: pd.DataFrame, seed: int = 0) -> n
 
     Falls back to any catalogue item when the category holds no other item. Deterministic per seed.
     """
-    cats = items.drop_duplicates("item_id").set_index("item_id")["category"].fillna("unknown").astype(str)
+    cats = items.drop_duplicates("item_id").set_index("item_id")["category"].map(category)
     all_ids = cats.index.to_numpy(dtype=np.int64)
     pair_cat = pairs["pos_item"].map(cats).fillna("\0none").to_numpy()
     pos_ids, query_ids = pairs["pos_item"].to_numpy(np.int64), pairs["query_item"].to_numpy(np.int64)

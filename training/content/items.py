@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mminterest.schemas import UNKNOWN_CATEGORY, category
 from training.content.images import load_image
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ class ItemTable:
         frame = items.drop_duplicates("item_id").reset_index(drop=True)
         ids = frame["item_id"].astype("int64").to_numpy()
         texts = frame["text"].fillna("").astype(str).tolist()
-        cats = (frame["category"].fillna("unknown").astype(str) if "category" in frame
-                else pd.Series(["unknown"] * len(frame))).to_numpy()
+        cats = (frame["category"].map(category) if "category" in frame
+                else pd.Series([UNKNOWN_CATEGORY] * len(frame))).to_numpy()
         paths = frame["image_path"].tolist() if "image_path" in frame else [None] * len(frame)
         images = [load_image(p, image_size) for p in paths]
         declared = sum(p is not None and p == p for p in paths)
