@@ -7,22 +7,26 @@ from pathlib import Path
 
 BENCHMARKS = {"serve-load": "serving.benchmarks:serve_load"}
 
-REQUESTS, WARMUP, CONCURRENCY, CANDIDATES = 400, 40, 4, 200
-GOAL_P99_MS = 25.0
+REQUESTS, WARMUP, CANDIDATES = 400, 40, 200
+CONCURRENCY = (1, 4, 16)  # concurrent clients
+GOAL_P99_MS = 12.0  # at 1 client, on Redis (issue 13)
 FALLBACK_MODELS = ("din", "ciubm_dmae")  # the training default, and the heaviest combination
 
 
 def serve_load() -> dict:
-    """Latency and throughput of POST /rank (one user with a full T = 64 history, 200 candidates,
-    img + txt) through `mmi serve` in a subprocess over a throw-away redis-server, driven on loopback
-    by httpx clients (REQUESTS after WARMUP, one client, then CONCURRENCY at once), side by side
-    with the plain Feast reads of the same entities (`get_online_features` of the user's history,
-    then of the T + 200 items' vectors), in this process, no HTTP, no cache, no model.
+    """Latency, throughput and CPU cost of POST /rank (one user with a full T = 64 history, 200
+    candidates, img + txt) through `mmi serve` in a subprocess over a throw-away redis-server,
+    driven on loopback by httpx clients (REQUESTS after WARMUP at each of CONCURRENCY clients),
+    side by side with the bare reads of the same entities in this process (the user's history,
+    then the T + 200 items' vectors; no HTTP, no cache, no model): Feast's `get_online_features`,
+    and the ranker's direct Redis reader (feature_repo/online_redis.py). The first model is also
+    served over the old read path (`get_online_features` per request, `fast_read=False`).
 
     Data: the project's feature tables when `<home>/FEATURES_READY` exists, else synthetic tables
     (random vectors of the production widths). Model: the promoted one when it fits the data, else
     untrained FALLBACK_MODELS of that vocabulary (the cost per request does not depend on the
-    weights). Writes a latency plot next to the JSON."""
+    weights). CPU per request: the server process's user + system time over a run / requests.
+    Writes a latency CDF plot next to the JSON."""
     import os
     import tempfile
 
@@ -35,38 +39,36 @@ def serve_load() -> dict:
     with tempfile.TemporaryDirectory(prefix="mmi-serve-bench-") as tmp, RedisServer() as redis:
         bench, data, user, items = _setup(cfg, Path(tmp), redis.url)
         request = {"user_id": user, "item_ids": items}
-        for label, model_dir in _models(cfg, bench, Path(tmp)).items():
-            with _server(bench, model_dir, Path(tmp)) as (url, pid):
-                cpu = _cpu_seconds(pid)
-                serve[label] = {"c1": _load(url, request, 1)}
-                serve[label]["server_cpu_ms_per_request"] = round(
-                    1000 * (_cpu_seconds(pid) - cpu) / (REQUESTS + WARMUP), 2)
-                serve[label][f"c{CONCURRENCY}"] = _load(url, request, CONCURRENCY)
+        models = _models(cfg, bench, Path(tmp))
+        first = next(iter(models))
+        for label, model_dir, fast in [*((m, d, True) for m, d in models.items()),
+                                       (f"{first}, old read path", models[first], False)]:
+            with _server(bench, model_dir, Path(tmp), fast) as (url, pid):
+                serve[label] = {}
+                for c in CONCURRENCY:
+                    cpu = _cpu_seconds(pid)
+                    serve[label][f"c{c}"] = _load(url, request, c)
+                    serve[label][f"c{c}"]["cpu_ms_per_request"] = round(
+                        1000 * (_cpu_seconds(pid) - cpu) / (REQUESTS + WARMUP), 2)
                 serve[label].update(_server_times(url))
-        cpu = time.process_time()
-        feast = {"c1": _feast_load(bench, user, items, 1)}
-        feast["cpu_ms_per_request"] = round(1000 * (time.process_time() - cpu)
-                                            / (REQUESTS + WARMUP), 2)
-        feast[f"c{CONCURRENCY}"] = _feast_load(bench, user, items, CONCURRENCY)
-    png = _plot(cfg.reports_dir / "bench" / "serve-load.png", serve, feast)
-    print(f"serve-load ({data}; load avg {load_before}):")
-    for label, run in serve.items():
-        print(f"  POST /rank, {label}: p50 {run['c1']['p50_ms']} ms, p99 {run['c1']['p99_ms']} ms"
-              f" (goal {GOAL_P99_MS:g}), {run[f'c{CONCURRENCY}']['rps']} req/s at "
-              f"{CONCURRENCY} concurrent, server CPU {run['server_cpu_ms_per_request']} ms/request;"
-              f" p99 / Feast p99 = {run['c1']['p99_ms'] / feast['c1']['p99_ms']:.2f}")
-    print(f"  Feast get_online_features: p50 {feast['c1']['p50_ms']} ms, p99 "
-          f"{feast['c1']['p99_ms']} ms, {feast[f'c{CONCURRENCY}']['rps']} req/s, CPU "
-          f"{feast['cpu_ms_per_request']} ms/request")
+        bare = {name: _bare_load(bench, user, items, fast)
+                for name, fast in (("Feast get_online_features", False),
+                                   ("direct Redis read (online_redis)", True))}
+    png = _plot(cfg.reports_dir / "bench" / "serve-load.png", serve, bare)
+    feast_p99 = bare["Feast get_online_features"]["c1"]["p99_ms"]
+    print(f"serve-load ({data}; load avg {load_before}); goal p99 {GOAL_P99_MS:g} ms at 1 client:")
+    for label, runs in {**{f"POST /rank, {k}": v for k, v in serve.items()}, **bare}.items():
+        print(f"  {label}: p50 {runs['c1']['p50_ms']} ms, p99 {runs['c1']['p99_ms']} ms "
+              f"(/ Feast p99 {runs['c1']['p99_ms'] / feast_p99:.2f}); req/s "
+              + ", ".join(f"{runs[f'c{c}']['rps']} at {c}" for c in CONCURRENCY)
+              + f"; CPU {runs['c1']['cpu_ms_per_request']} ms/request")
     return {"data": data, "load_avg_1m_before": load_before, "user_id": user,
             "candidates": len(items), "requests": REQUESTS, "warmup": WARMUP,
-            "serve": {label: _summary(run) for label, run in serve.items()}, "feast": _summary(feast),
-            "ratio_p99_serve_over_feast_c1": {
-                label: round(run["c1"]["p99_ms"] / feast["c1"]["p99_ms"], 3)
-                for label, run in serve.items()},
-            f"ratio_rps_serve_over_feast_c{CONCURRENCY}": {
-                label: round(run[f"c{CONCURRENCY}"]["rps"] / feast[f"c{CONCURRENCY}"]["rps"], 3)
-                for label, run in serve.items()},
+            "concurrency": list(CONCURRENCY),
+            "serve": {label: _summary(run) for label, run in serve.items()},
+            "bare_reads": {label: _summary(run) for label, run in bare.items()},
+            "ratio_p99_over_feast_c1": {label: round(run["c1"]["p99_ms"] / feast_p99, 3)
+                                        for label, run in {**serve, **bare}.items()},
             "goal_p99_ms": GOAL_P99_MS,
             "goal_met_c1": {label: run["c1"]["p99_ms"] <= GOAL_P99_MS for label, run in serve.items()},
             "plot": str(png)}
@@ -152,9 +154,10 @@ def _models(cfg, bench, tmp) -> dict[str, Path]:
 
 
 @contextmanager
-def _server(bench, model_dir, tmp):
+def _server(bench, model_dir, tmp, fast_read: bool = True):
     """`mmi serve` of `model_dir` in a subprocess on a free loopback port, over `bench`; yields
-    (base URL, pid)."""
+    (base URL, pid). `fast_read=False`: the same app and settings, its OnlineFeatures reading
+    through `get_online_features` (the old path)."""
     import os
     import subprocess
     import sys
@@ -168,10 +171,13 @@ def _server(bench, model_dir, tmp):
            "MMI_REDIS_URL": bench.redis_url, "MMI_MODEL_DIR": str(model_dir),
            "MMI_SEQ_LEN": str(bench.seq_len), "MMI_TIME_SLICES": str(bench.time_slices),
            "MMI_SIM_BINS": str(bench.sim_bins), "MMI_SERVE_MAX_ITEMS": str(CANDIDATES)}
-    log_path = tmp / f"serve-{model_dir.name}.log"
+    log_path = tmp / f"serve-{model_dir.name}-{fast_read}.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mminterest.cli", "serve", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    command = (["-m", "mminterest.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+               if fast_read else ["-c", f"from serving.benchmarks import _serve_feast_path; "
+                                        f"_serve_feast_path({port})"])
+    proc = subprocess.Popen([sys.executable, *command], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -248,21 +254,50 @@ def _load(url: str, request: dict, concurrency: int) -> dict:
     return _run(call, concurrency)
 
 
-def _feast_load(bench, user: int, items: list[int], concurrency: int) -> dict:
-    """The same entities read with plain `get_online_features`: the user's history, then the
-    vectors of its items and the candidates (no cache, no feature math, no model)."""
+def _bare_load(bench, user: int, items: list[int], fast: bool) -> dict:
+    """The same entities read bare at each of CONCURRENCY clients: the user's history, then the
+    vectors of its items and the candidates (no cache, no feature math, no model), through
+    `get_online_features` or (`fast`) the ranker's direct Redis reader; CPU is this process's."""
+    from feature_repo.online_redis import RedisReader
     from feature_repo.store_config import open_store
 
     store = open_store(bench)
+    reader = RedisReader(store)
     user_refs = ["user_behaviour:hist_item_ids", "user_behaviour:hist_len"]
     item_refs = ["item_embeddings:img", "item_embeddings:txt", "item_embeddings:fused"]
 
     def call():
-        hist = store.get_online_features(user_refs, entity_rows=[{"user_id": user}]).to_dict()
-        ids = list(hist["hist_item_ids"][0] or ()) + items
-        store.get_online_features(item_refs, entity_rows=[{"item_id": i} for i in ids]).to_dict()
+        if fast:
+            hist = reader.read(user_refs, "user_id", [user])["hist_item_ids"][0].int64_list_val.val
+            reader.read(item_refs, "item_id", list(hist) + items)
+        else:
+            hist = store.get_online_features(user_refs, entity_rows=[{"user_id": user}]).to_dict()
+            ids = list(hist["hist_item_ids"][0] or ()) + items
+            store.get_online_features(item_refs, entity_rows=[{"item_id": i} for i in ids]).to_dict()
 
-    return _run(call, concurrency)
+    out = {}
+    for c in CONCURRENCY:
+        cpu = time.process_time()
+        out[f"c{c}"] = _run(call, c)
+        out[f"c{c}"]["cpu_ms_per_request"] = round(1000 * (time.process_time() - cpu)
+                                                  / (REQUESTS + WARMUP), 2)
+    return out
+
+
+def _serve_feast_path(port: int) -> None:
+    """What `mmi serve` runs, its online reads through `get_online_features` (the old path)."""
+    import torch
+    import uvicorn
+
+    from feature_repo.online import OnlineFeatures
+    from mminterest.config import get_config
+    from serving.app import create_app
+
+    torch.set_num_threads(1)
+    cfg = get_config()
+    features = OnlineFeatures.from_config(cfg, fast_read=False)
+    uvicorn.run(create_app(cfg, features=features), host="127.0.0.1", port=port,
+                access_log=False, log_level="info")
 
 
 def _server_times(url: str) -> dict:
@@ -279,7 +314,7 @@ def _server_times(url: str) -> dict:
             for kind in ("feature_fetch", "model")}
 
 
-def _plot(path, serve: dict, feast: dict):
+def _plot(path, serve: dict, bare: dict):
     """Latency CDFs of every run, one PNG."""
     import matplotlib
 
@@ -289,21 +324,21 @@ def _plot(path, serve: dict, feast: dict):
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    runs = {f"POST /rank, {label}": run for label, run in serve.items()}
-    runs["Feast get_online_features"] = feast
-    for name, by_c in runs.items():
-        for c, run in by_c.items():
-            if isinstance(run, dict):
-                ms = np.sort(run["latencies_ms"])
-                ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=f"{name}, {c[1:]} concurrent")
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    runs = {**{f"POST /rank, {label}": run for label, run in serve.items()}, **bare}
+    styles = {1: "-", 4: "--", 16: ":"}
+    for k, (name, by_c) in enumerate(runs.items()):
+        for c in CONCURRENCY:
+            ms = np.sort(by_c[f"c{c}"]["latencies_ms"])
+            ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms), color=f"C{k}",
+                    linestyle=styles.get(c, "-."), label=f"{name}, {c} client{'s' * (c > 1)}")
     ax.axvline(GOAL_P99_MS, color="grey", linestyle=":", label=f"goal p99 {GOAL_P99_MS:g} ms")
     ax.axhline(0.99, color="grey", linewidth=0.5)
     ax.set(xscale="log", xlabel="latency (ms)", ylabel="fraction of requests",
            title=f"1 user, {CANDIDATES} candidates, T = 64, img + txt, Redis")
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
