@@ -24,7 +24,7 @@ class Config(BaseSettings):
     dataset_dir: Path = REPO_ROOT.parent / "shared" / "datasets" / "movielens-latest-small-2018-posters"
     spark_master: str = "local[*]"
     spark_driver_memory: str = "4g"
-    spark_shuffle_partitions: int = 8
+    spark_shuffle_partitions: int = 0  # 0 = sized from the data (AQE, spark_jobs/session.py); > 0 = fixed override
     max_bad_fraction: float = 0.05  # ingest fails past this share of quarantined rows
     max_text_chars: int = 2000
     delta_commit_attempts: int = 8  # tries of one Delta commit that conflicts with concurrent writers

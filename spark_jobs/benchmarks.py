@@ -5,6 +5,8 @@ import os
 import time
 
 BENCHMARKS = {"delta-write": "spark_jobs.benchmarks:delta_write",
+              "cost-growth": "spark_jobs.benchmarks:cost_growth",
+              "daily-increment": "spark_jobs.daily_increment:daily_increment",
               "interest-features": "spark_jobs.benchmarks:interest_features",
               "embed-items": "spark_jobs.benchmarks:embed_items"}
 
@@ -208,3 +210,149 @@ def embed_items(n_items: int = 512, batch_size: int = 64) -> dict:
             "encoder_version": version, "spark_partitions": slots, "torch_threads_per_worker": threads,
             "spark_items_per_s": round(len(items) / spark_s, 1), "torch_items_per_s": round(len(items) / torch_s, 1),
             "ratio_spark_over_torch": round(torch_s / spark_s, 3), "goal_ratio": 0.9, "max_abs_diff_fused": diff}
+
+
+def replicate(source, factor: int, out):
+    """A copy of the MovieLens folder `source` whose ratings.csv holds its rows `factor` times, user
+    ids offset per copy (real rows, same items); the other files are linked. Returns `out`."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    source, out = Path(source), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if entry.name != "ratings.csv" and not (out / entry.name).exists():
+            (out / entry.name).symlink_to(entry.resolve())
+    ratings = pd.read_csv(source / "ratings.csv", dtype=str)
+    offset = 10 ** len(str(int(ratings["userId"].astype("int64").max())))  # copy k: user + k * offset
+    target = out / "ratings.csv"
+    if target.exists() and sum(1 for _ in target.open()) == len(ratings) * factor + 1:
+        return out
+    with target.open("w") as fh:
+        fh.write(",".join(ratings.columns) + "\n")
+        for k in range(factor):
+            ratings.assign(userId=(ratings["userId"].astype("int64") + k * offset).astype(str)
+                           ).to_csv(fh, header=False, index=False)
+    return out
+
+
+# cost-growth: the feature jobs, each in its own `mmi` process, on the real data replicated
+JOBS = {"ingest": ["ingest"], "behaviour": ["build", "behaviour"], "embed items": ["embed", "items"],
+        "interest": ["build", "interest"], "features apply": ["features", "apply"],
+        "trainset": ["trainset", "build"], "materialize": ["features", "materialize"]}
+GOALS = {10: 11.0, 100: 60.0}  # rows factor -> most time factor allowed
+PEAK_GOAL_GB = 8.0  # per process
+
+
+def measured(argv: list[str], env: dict[str, str], log_path, poll_s: float = 0.5) -> dict:
+    """Run `argv`; its wall seconds, exit code, and peak resident memory sampled every `poll_s`
+    over its process tree (children included: the Spark JVM, Python workers): the largest single
+    process and the tree's sum."""
+    import subprocess
+
+    import psutil
+
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        root, peak_proc, peak_tree = psutil.Process(proc.pid), 0, 0
+        while proc.poll() is None:
+            rss = []
+            for p in [root, *_children(root)]:
+                try:
+                    rss.append(p.memory_info().rss)
+                except psutil.Error:  # exited between listing and sampling
+                    pass
+            peak_proc, peak_tree = max([peak_proc, *rss]), max(peak_tree, sum(rss))
+            time.sleep(poll_s)
+    gb = 1 << 30
+    return {"seconds": round(time.perf_counter() - started, 1), "exit": proc.returncode,
+            "peak_process_gb": round(peak_proc / gb, 2), "peak_tree_gb": round(peak_tree / gb, 2)}
+
+
+def _children(root):
+    import psutil
+
+    try:
+        return root.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def run_jobs(home, dataset_dir, log_dir, jobs=tuple(JOBS)) -> dict[str, dict]:
+    """Each job of `jobs` as `nice -n 10 mmi ...` under MMI_HOME=`home` on `dataset_dir`, in order,
+    with the default configuration; the project's item_embeddings are copied in first when the home
+    has none (the replicated data has the same items: embedding re-checks, embeds nothing new).
+    Stops at the first failing job."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from mminterest.config import get_config
+
+    home, log_dir = Path(home), Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    source = get_config().table("item_embeddings")
+    target = home / "delta" / "item_embeddings"
+    if Path(source).exists() and not target.exists():
+        shutil.copytree(source, target)
+    env = {**os.environ, "MMI_HOME": str(home), "MMI_DATASET_DIR": str(dataset_dir)}
+    env.pop("MMI_SPARK_SHUFFLE_PARTITIONS", None)
+    mmi = str(Path(sys.executable).with_name("mmi"))
+    out = {}
+    for job in jobs:
+        out[job] = measured(["nice", "-n", "10", mmi, *JOBS[job]], env,
+                            log_dir / f"{job.replace(' ', '_')}.log")
+        print(f"cost-growth: {home.name} {job}: {out[job]}", file=sys.stderr, flush=True)
+        if out[job]["exit"]:
+            break
+    return out
+
+
+def cost_growth(factors=None, work=None) -> dict:
+    """Each feature job's time and peak memory on the real data replicated 1x, 3x, 10x (and 100x
+    with MMI_BENCH_100X=1: long), user ids offset per copy; per factor the time factor against 1x,
+    the slope (log time / log rows) and the goals (<= 11x time at 10x rows; <= 60x time and peak
+    <= 8 GB per process at 100x) marked met or not. Homes and data under `work`
+    (MMI_BENCH_WORK, default <home>/bench/cost-growth)."""
+    import shutil
+    from pathlib import Path
+
+    from mminterest.config import get_config
+
+    cfg = get_config()
+    factors = factors or [1, 3, 10] + ([100] if os.environ.get("MMI_BENCH_100X") == "1" else [])
+    work = Path(work or os.environ.get("MMI_BENCH_WORK") or cfg.home / "bench" / "cost-growth")
+    runs = {}
+    for k in factors:
+        data = replicate(cfg.dataset_dir, k, work / f"data-{k}x")
+        home = work / f"mmi-{k}x"
+        if home.exists():
+            shutil.rmtree(home)
+        runs[k] = run_jobs(home, data, work / f"logs-{k}x")
+    return {"factors": factors, "jobs": list(JOBS), "runs": {f"{k}x": r for k, r in runs.items()},
+            "growth": growth(runs)}
+
+
+def growth(runs: dict[int, dict[str, dict]]) -> dict:
+    """Per factor k > 1 and job: time factor against 1x, slope log(time factor)/log(k), and the goals."""
+    import math
+
+    base, out = runs.get(1, {}), {}
+    for k, jobs in runs.items():
+        if k == 1:
+            continue
+        rows = {}
+        for job, got in jobs.items():
+            if job not in base or got["exit"] or base[job]["exit"]:
+                rows[job] = {"completed": not got["exit"]}
+                continue
+            factor = got["seconds"] / base[job]["seconds"]
+            rows[job] = {"time_factor": round(factor, 2), "slope": round(math.log(factor) / math.log(k), 3)}
+            if k in GOALS:
+                rows[job]["time_goal_met"] = factor <= GOALS[k]
+            if k == 100:
+                rows[job]["peak_goal_met"] = got["peak_process_gb"] <= PEAK_GOAL_GB
+        out[f"{k}x"] = rows
+    return out

@@ -8,24 +8,32 @@ from mminterest.cli import fail
 
 def _ingest(args) -> int:
     from spark_jobs import ingest
+    from spark_jobs.job import guarded
 
-    try:
-        print(ingest.run().line())
-    except ingest.BadInputError as err:
-        return fail(err)
-    return 0
+    def run() -> int:
+        try:
+            print(ingest.run().line())
+        except ingest.BadInputError as err:
+            return fail(err)
+        return 0
+
+    return guarded(run, "ingest")
 
 
 def _gated(job) -> int:
-    """Run a feature job; a failed gate or a missing input is a clear one-line error, exit 2."""
-    from spark_jobs.job import MissingInputError
+    """Run a feature job; a failed gate or a missing input is a clear one-line error, exit 2; out of
+    memory is one line too, exit OUT_OF_MEMORY_EXIT (`job.guarded`)."""
+    from spark_jobs.job import MissingInputError, guarded
     from spark_jobs.feature_checks import FeatureCheckError
 
-    try:
-        print(job().line())
-    except (FeatureCheckError, MissingInputError) as err:
-        return fail(err)
-    return 0
+    def run() -> int:
+        try:
+            print(job().line())
+        except (FeatureCheckError, MissingInputError) as err:
+            return fail(err)
+        return 0
+
+    return guarded(run)
 
 
 def _behaviour(args) -> int:

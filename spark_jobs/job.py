@@ -1,6 +1,12 @@
-"""What every feature job shares: its one-line summary, and a clear error for a missing input."""
+"""What every feature job shares: its one-line summary, a clear error for a missing input, and one
+line (exit OUT_OF_MEMORY_EXIT) when it runs out of memory."""
 from __future__ import annotations
 
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mminterest.config import Config
@@ -36,3 +42,93 @@ class JobSummary:
         note = f" ({self.note})" if self.note else ""
         return (f"{self.job}: rows in {self.rows_in:,}, rows out {self.rows_out:,}{note}, "
                 f"{self.seconds:.1f} s")
+
+
+OUT_OF_MEMORY_EXIT = 3  # `mmi` exit code of a feature job that ran out of memory
+_JVM_OOM_EXIT = 52  # SparkExitCode.OOM: the JVM exits with it on an OutOfMemoryError in a task
+_OOM_MARKS = ("OutOfMemoryError", "Java heap space", "GC overhead limit exceeded",
+              "Cannot allocate memory")
+_JVM_GONE = ("Answer from Java side is empty", "Connection refused", "Error while sending or receiving")
+_STAGE = re.compile(r"^(?P<job>[a-z][\w ]*?) \[(?P<k>\d+)/(?P<n>\d+)\] (?P<what>.*)$")
+
+
+class _LastStage(logging.Handler):
+    """Remembers the last progress line `<job> [k/n] <what>` a job logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.match: re.Match | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = _STAGE.match(record.getMessage())
+        self.match = found or self.match
+
+
+def guarded(run: Callable[[], int], job: str | None = None) -> int:
+    """`run()`, turning an out-of-memory failure (in the Spark JVM, the Python driver or a worker)
+    into ONE line on stderr naming the job (`job`, else the one of the last progress line), its last stage and the setting to change, exit code
+    OUT_OF_MEMORY_EXIT, with no Py4J traceback cascade. Nothing is committed by then: a job's
+    Delta commit is its last step and is atomic."""
+    stages, py4j = _LastStage(), logging.getLogger("py4j")
+    root, level = logging.getLogger(), py4j.level
+    root.addHandler(stages)
+    py4j.setLevel(logging.CRITICAL)  # its connection errors after a JVM death: the line below says it
+    try:
+        return run()
+    except Exception as err:  # MemoryError is an Exception too; anything but out of memory is re-raised
+        jvm = _jvm_exit_code()
+        if not (_is_oom(err) or jvm == _JVM_OOM_EXIT or (jvm is not None and _jvm_gone(err))):
+            raise
+        print(f"error: {oom_line(job, stages.match, jvm)}", file=sys.stderr, flush=True)
+        os._exit(OUT_OF_MEMORY_EXIT)  # not sys.exit: Spark's shutdown hooks would talk to a dead JVM
+    finally:
+        root.removeHandler(stages)
+        py4j.setLevel(level)
+
+
+def oom_line(job: str | None, stage: re.Match | None, jvm_exit: int | None) -> str:
+    """The one-line out-of-memory message."""
+    from mminterest.config import get_config
+
+    cfg = get_config()
+    job = job or (stage["job"] if stage else "feature job")
+    where = f"stage [{stage['k']}/{stage['n']}] {stage['what']}" if stage else "before its first stage"
+    died = f"; the Spark JVM exited with code {jvm_exit}" if jvm_exit is not None else ""
+    partitions = (f"or raise MMI_SPARK_SHUFFLE_PARTITIONS above {cfg.spark_shuffle_partitions}"
+                  if cfg.spark_shuffle_partitions > 0 else
+                  "or set MMI_SPARK_SHUFFLE_PARTITIONS (0 = sized from the data) to more partitions")
+    return (f"{job}: out of memory at {where} (spark_driver_memory={cfg.spark_driver_memory}{died}); "
+            f"raise MMI_SPARK_DRIVER_MEMORY (e.g. {_doubled(cfg.spark_driver_memory)}) {partitions}; "
+            "nothing was committed")
+
+
+def _doubled(memory: str) -> str:
+    found = re.fullmatch(r"(\d+)([kmgt]?)b?", memory.strip().lower())
+    return f"{2 * int(found[1])}{found[2]}" if found else "twice " + memory
+
+
+def _chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _is_oom(err: BaseException) -> bool:
+    return any(isinstance(e, MemoryError) or any(m in str(e) for m in _OOM_MARKS) for e in _chain(err))
+
+
+def _jvm_gone(err: BaseException) -> bool:
+    return any(isinstance(e, ConnectionError) or any(m in str(e) for m in _JVM_GONE) for e in _chain(err))
+
+
+def _jvm_exit_code() -> int | None:
+    """Exit code of this process's Spark JVM if it has exited (negative: killed by that signal)."""
+    try:
+        from pyspark import SparkContext
+    except ImportError:
+        return None
+    gateway = SparkContext._gateway
+    proc = getattr(gateway, "proc", None)
+    return proc.poll() if proc is not None else None
