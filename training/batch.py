@@ -41,10 +41,15 @@ def _grid(dist: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
 
 
 def _cats(vocab: Vocab, names, item_ids: np.ndarray) -> np.ndarray:
-    """Category indices: of the given names where present, else of the item ids' catalogue entry."""
+    """Category indices: of the given names where present, else of the item ids' catalogue entry.
+    Broadcast names (the ranker's one history for B candidates) are mapped once, not per row."""
     if names is None:
         return vocab.item_cat(item_ids)
-    return vocab.categories(np.broadcast_to(np.asarray(names, dtype=object), item_ids.shape), item_ids)
+    names = np.broadcast_to(np.asarray(names, dtype=object), item_ids.shape)
+    core = names[tuple(0 if step == 0 else slice(None) for step in names.strides)]
+    shape = tuple(1 if step == 0 else n for step, n in zip(names.strides, names.shape))
+    known = (core != None).reshape(shape)  # noqa: E711  (element-wise on an object array)
+    return np.where(known, vocab.cat_index(core).reshape(shape), vocab.item_cat(item_ids))
 
 
 def make_batch(columns: Mapping[str, np.ndarray], vocab: Vocab,

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
-from mminterest.schemas import UNKNOWN_CATEGORY
 from mminterest.schemas import category as primary_category
 
 VOCAB_FILE = "vocab.json"
@@ -100,7 +99,7 @@ class Vocab:
         of `item_ids` (same shape): an item added after training keeps its category."""
         names = np.asarray(names, dtype=object)
         known = names != None  # noqa: E711  (element-wise on an object array)
-        return np.where(known, self.cat_index(np.where(known, names, UNKNOWN_CATEGORY)), self.item_cat(item_ids))
+        return np.where(known, self.cat_index(names), self.item_cat(item_ids))
 
     # --- persistence ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -8,7 +8,8 @@ import torch
 
 from training.batch import make_batch
 from training.models import ModelConfig, build_model
-from training.vocab import UNKNOWN_CATEGORY, Vocab
+from mminterest.schemas import UNKNOWN_CATEGORY
+from training.vocab import Vocab
 
 INTERACTIONS = pd.DataFrame({"user_id": [30, 10, 30, 20], "item_id": [500, 100, 300, 100]})
 ITEMS = pd.DataFrame({"item_id": [100, 300, 500, 700],
