@@ -18,7 +18,7 @@ from deltalake import write_deltalake
 from feature_repo.online import MODALITIES, ItemVectors, candidate_features
 from mminterest import schemas
 
-_TS = pa.timestamp("us", tz="UTC")
+_TS = schemas.TS
 _ONE_US = pd.Timedelta(microseconds=1)
 
 
@@ -96,11 +96,9 @@ def interest_rows(interactions: pd.DataFrame, states: pd.DataFrame, vectors: Ite
             values = getattr(got, name).reshape(len(idx), -1)
             for j, i in enumerate(idx):
                 columns[name][i] = values[j]
-    types = {name: pa.list_(pa.bool_() if "mask" in name else pa.float32()) for name in columns}
-    return pa.table({"user_id": rows["user_id"].to_numpy(np.int64),
-                     "item_id": rows["item_id"].to_numpy(np.int64),
-                     "event_ts": pa.array(rows["event_ts"], _TS), "hist_len": hist_len,
-                     **{name: pa.array(columns[name], types[name]) for name in columns}})
+    return schemas.table("interest_features", {
+        "user_id": rows["user_id"].to_numpy(np.int64), "item_id": rows["item_id"].to_numpy(np.int64),
+        "event_ts": rows["event_ts"], "hist_len": hist_len, **columns})
 
 
 def write_tables(cfg, interactions: pd.DataFrame, dims: dict[str, int],
@@ -120,11 +118,7 @@ def write_tables(cfg, interactions: pd.DataFrame, dims: dict[str, int],
                                     {f: embeddings[f].to_numpy(zero_copy_only=False) for f in dims})
     interest = interest_rows(interactions, states, vectors, cfg.seq_len, cfg.time_slices,
                              cfg.sim_bins)
-    behaviour = pa.table({"user_id": states["user_id"].to_numpy(np.int64),
-                          "event_ts": pa.array(states["event_ts"], _TS),
-                          "hist_item_ids": pa.array(states["hist_item_ids"], pa.list_(pa.int64())),
-                          "hist_ts": pa.array(states["hist_ts"], pa.list_(pa.int64())),
-                          "hist_len": pa.array(states["hist_len"], pa.int32())})
+    behaviour = schemas.table("user_behaviour", {c: states[c] for c in schemas.USER_BEHAVIOUR.names})
     for name, table in (("item_embeddings", embeddings), ("user_behaviour", behaviour),
                         ("interest_features", interest)):
         write_deltalake(cfg.table(name), table, mode="overwrite", schema_mode="overwrite")

@@ -25,21 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from mminterest import schemas
 from mminterest.config import Config, get_config
 from spark_jobs import delta_io
 from spark_jobs.job import require
+from spark_jobs.schemas import ddl
 from training.content.item_rows import content_hash, embed_frame
 
 log = logging.getLogger("mminterest.embed_items")
 TABLE = "item_embeddings"
-VECTORS = ("img", "txt", "fused")
 NORM_TOLERANCE = 1e-3
-OUT_SCHEMA = ("item_id long, encoder_version string, img array<float>, txt array<float>, "
-              "fused array<float>, has_img boolean, content_hash string, valid_from_ts timestamp, "
-              "updated_ts timestamp")
+OUT_SCHEMA = ddl(TABLE)  # mminterest/schemas.py
+OUT_COLUMNS = schemas.ITEM_EMBEDDINGS.names
 _ENCODERS: dict = {}  # (folder, version) -> encoder, one per Python worker process
 
 
@@ -67,7 +68,8 @@ def embedder(folder: str, version: str, seed: int, batch_size: int, threads: int
         for frame in batches:
             for start in range(0, len(frame), batch_size):
                 part = frame.iloc[start:start + batch_size]
-                yield embed_frame(encoder, version, part, part["image_path"].tolist(), batch_size)
+                rows = embed_frame(encoder, version, part, part["image_path"].tolist(), batch_size)
+                yield rows.assign(category=part["category"].map(schemas.category).to_numpy())[OUT_COLUMNS]
     return embed
 
 
@@ -150,13 +152,32 @@ class _Progress(threading.Thread):
                              stage.numTasks, stage.stageId)
 
 
+def backfill_category(cfg: Config) -> bool:
+    """A table written before item_embeddings held `category` gets the column, filled from `items`
+    in one commit (the vectors do not depend on it, so nothing is re-embedded). True if it did."""
+    from deltalake import DeltaTable
+
+    from mminterest import tables
+
+    path = cfg.table(TABLE)
+    if not tables.exists(path) or "category" in tables.schema(path).names:
+        return False
+    items = tables.read(cfg.table("items"), ["item_id", "category"])
+    source = pa.table({"item_id": pa.array(items["item_id"], pa.int64()),
+                       "category": pa.array([schemas.category(c) for c in items["category"]], pa.string())})
+    tables.committed(path, lambda: DeltaTable(path).merge(
+        source, "t.item_id = s.item_id", source_alias="s", target_alias="t", merge_schema=True)
+        .when_matched_update({"category": "s.category"}).execute())
+    return True
+
+
 def compute(spark: SparkSession, cfg: Config, encoder_dir: str, version: str,
             batch_size: int) -> tuple[DataFrame, int, int]:
     """(embedded rows, items read, rows to embed): items hashed, the unchanged ones left out, the
     rest repartitioned and embedded by mapInPandas. The frame is lazy; the counts are computed."""
     items = delta_io.read(spark, cfg.table("items"))
     now = F.current_timestamp()
-    hashed = items.select("item_id", "text", "image_path",
+    hashed = items.select("item_id", "text", "image_path", "category",
                           _hashes(version)("text", "category", "image_path").alias("content_hash"),
                           F.coalesce("first_seen_ts", now).alias("valid_from_ts"), now.alias("updated_ts"))
     if delta_io.exists(cfg.table(TABLE)):
@@ -188,6 +209,8 @@ def run(cfg: Config | None = None, spark: SparkSession | None = None, batch_size
     version, dim = encoder.encoder_version(), encoder.cfg.dim
     log.info("embed items [1/4] encoder %s (%s)", version,
              folder if (Path(folder) / "config.json").is_file() else "base encoder: none promoted")
+    if backfill_category(cfg):
+        log.info("embed items: added the category column to %s", cfg.table(TABLE))
     spark = spark or get_spark("mmi-embed-items", cfg)
     embedded, rows_in, todo = compute(spark, cfg, folder, version, batch_size)
     log.info("embed items [2/4] %s items, %s new or changed", f"{rows_in:,}", f"{todo:,}")

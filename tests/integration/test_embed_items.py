@@ -8,9 +8,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
-from mminterest import tables
+from mminterest import schemas, tables
 from mminterest.config import load_config
 from spark_jobs import embed_items, ingest
 from spark_jobs.feature_checks import FeatureCheckError, publish_gate
@@ -60,8 +60,7 @@ def test_schema_coverage_and_vectors(home):
     cfg, posters, summary = home
     emb = DeltaTable(cfg.table("item_embeddings"))
     types = {f.name: str(f.type) for f in pa.schema(emb.schema().to_arrow())}
-    assert list(types) == ["item_id", "encoder_version", "img", "txt", "fused", "has_img", "content_hash",
-                           "valid_from_ts", "updated_ts"]  # CONTRACTS.md
+    assert list(types) == schemas.ITEM_EMBEDDINGS.names  # CONTRACTS.md
     assert types["item_id"] == "int64" and types["has_img"] == "bool" and types["fused"] == "list<element: float>"
     assert types["valid_from_ts"].startswith("timestamp")
     table, items = _table(cfg), DeltaTable(cfg.table("items")).to_pandas().sort_values("item_id")
@@ -69,6 +68,9 @@ def test_schema_coverage_and_vectors(home):
     assert summary.with_image == posters == int(table.has_img.sum()) and 0 < posters < MOVIES
     assert "coverage with image" in summary.line() and (table.encoder_version == tiny_encoder().encoder_version()).all()
     assert (table.has_img.to_numpy() == items.image_path.notna().to_numpy()).all()
+    # one normalised category, the same in items and item_embeddings (no-genre movies: "unknown")
+    assert (table.category.to_numpy() == items.category.to_numpy()).all()
+    assert items.category.map(schemas.category).equals(items.category) and "|" not in "".join(items.category)
     assert table.loc[~table.has_img, "img"].isna().all()
     for name in ("txt", "fused"):
         vecs = np.stack(table[name].to_numpy())
@@ -111,6 +113,17 @@ def test_gate_refuses_bad_vectors(home, spark):
                                         "valid_from_ts"]])
     with pytest.raises(FeatureCheckError, match="fused vector"):
         publish_gate(embed_items.check_frame(frame, 16), "test_item_embeddings", embed_items.checks(16), cfg)
+
+
+def test_a_table_without_category_gets_it_from_items_without_reembedding(tmp_path):
+    """item_embeddings written before the category column: the job adds it from `items`, one commit."""
+    cfg = load_config(home=tmp_path / "mmi")
+    old = schemas.table("item_embeddings", {"item_id": [1, 2, 3], "txt": [[1.0], [0.0], [0.5]]})
+    write_deltalake(cfg.table("item_embeddings"), old.drop_columns(["category"]))
+    write_deltalake(cfg.table("items"), schemas.table("items", {"item_id": [1, 2], "category": ["Drama", None]}))
+    assert embed_items.backfill_category(cfg) and not embed_items.backfill_category(cfg)
+    table = _table(cfg)
+    assert table.category.tolist() == ["Drama", "unknown", None] and table.txt.map(list).tolist() == [[1], [0], [.5]]
 
 
 def test_int8_round_trip():
