@@ -32,3 +32,10 @@ def test_feast_apply_and_plan_from_the_repository_folder(tmp_path):
     assert {fv.name for fv in store.list_feature_views()} == {
         "item_embeddings", "user_behaviour", "interest_features"}
     assert len(repo.apply(store)) == 7  # the in-process apply finds the same definitions
+
+
+def test_the_feast_cli_reads_definitions_py_only():
+    ignored = {line.strip() for line in (repo.REPO_DIR / ".feastignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    modules = {p.name for p in repo.REPO_DIR.glob("*.py")} - {"__init__.py", "definitions.py"}
+    assert ignored == modules
