@@ -164,7 +164,7 @@ def _server(bench, model_dir, tmp, fast_read: bool = True):
 
     import httpx
 
-    from infra.procs import free_port
+    from infra.procs import free_port, poll
 
     port = free_port()
     env = {**os.environ, "MMI_HOME": str(bench.home), "MMI_ONLINE_STORE": "redis",
@@ -180,17 +180,16 @@ def _server(bench, model_dir, tmp, fast_read: bool = True):
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError("mmi serve exited:\n" + log_path.read_text()[-3000:])
             try:
-                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                    break
+                return httpx.get(url + "/readyz", timeout=5).status_code == 200
             except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mmi serve did not get ready:\n"
-                                   + log_path.read_text()[-3000:])
-            time.sleep(0.2)
+                return False
+
+        if not poll(ready, timeout=120, interval=0.2):
+            raise RuntimeError("mmi serve did not get ready:\n" + log_path.read_text()[-3000:])
         yield url, proc.pid
     finally:
         proc.terminate()
