@@ -48,7 +48,9 @@ OUT_OF_MEMORY_EXIT = 3  # `mmi` exit code of a feature job that ran out of memor
 _JVM_OOM_EXIT = 52  # SparkExitCode.OOM: the JVM exits with it on an OutOfMemoryError in a task
 _OOM_MARKS = ("OutOfMemoryError", "Java heap space", "GC overhead limit exceeded",
               "Cannot allocate memory")
-_JVM_GONE = ("Answer from Java side is empty", "Connection refused", "Error while sending or receiving")
+_JVM_GONE = ("Answer from Java side is empty", "Connection refused", "Error while sending or receiving",
+             "SparkContext was shut down", "SparkContext has been shutdown")
+_JVM_EXIT_WAIT_S = 30  # after a fatal error in a task, Spark stops its context, then the JVM exits
 _STAGE = re.compile(r"^(?P<job>[a-z][\w ]*?) \[(?P<k>\d+)/(?P<n>\d+)\] (?P<what>.*)$")
 
 
@@ -72,18 +74,24 @@ def guarded(run: Callable[[], int], job: str | None = None) -> int:
     stages, py4j = _LastStage(), logging.getLogger("py4j")
     root, level = logging.getLogger(), py4j.level
     root.addHandler(stages)
-    py4j.setLevel(logging.CRITICAL)  # its connection errors after a JVM death: the line below says it
+    root.addFilter(_not_py4j)  # py4j logs its connection errors after a JVM death (on the root
+    py4j.setLevel(logging.CRITICAL)  # logger too): the one line below says it
     try:
         return run()
     except Exception as err:  # MemoryError is an Exception too; anything but out of memory is re-raised
-        jvm = _jvm_exit_code()
-        if not (_is_oom(err) or jvm == _JVM_OOM_EXIT or (jvm is not None and _jvm_gone(err))):
+        jvm = _jvm_exit_code(wait=_jvm_gone(err))
+        if not (_is_oom(err) or jvm == _JVM_OOM_EXIT):
             raise
         print(f"error: {oom_line(job, stages.match, jvm)}", file=sys.stderr, flush=True)
         os._exit(OUT_OF_MEMORY_EXIT)  # not sys.exit: Spark's shutdown hooks would talk to a dead JVM
     finally:
         root.removeHandler(stages)
+        root.removeFilter(_not_py4j)
         py4j.setLevel(level)
+
+
+def _not_py4j(record: logging.LogRecord) -> bool:
+    return f"{os.sep}py4j{os.sep}" not in record.pathname
 
 
 def oom_line(job: str | None, stage: re.Match | None, jvm_exit: int | None) -> str:
@@ -115,20 +123,36 @@ def _chain(err: BaseException):
         err = err.__cause__ or err.__context__
 
 
+def _text(err: BaseException) -> str:
+    """str(err); a Py4JJavaError's str asks the JVM, which may be gone."""
+    try:
+        return str(err)
+    except Exception:  # noqa: BLE001 (py4j raises whatever its dead connection gives)
+        return type(err).__name__
+
+
 def _is_oom(err: BaseException) -> bool:
-    return any(isinstance(e, MemoryError) or any(m in str(e) for m in _OOM_MARKS) for e in _chain(err))
+    return any(isinstance(e, MemoryError) or any(m in _text(e) for m in _OOM_MARKS) for e in _chain(err))
 
 
 def _jvm_gone(err: BaseException) -> bool:
-    return any(isinstance(e, ConnectionError) or any(m in str(e) for m in _JVM_GONE) for e in _chain(err))
+    return any(isinstance(e, ConnectionError) or "Py4JNetworkError" in type(e).__name__
+               or any(m in _text(e) for m in _JVM_GONE) for e in _chain(err))
 
 
-def _jvm_exit_code() -> int | None:
-    """Exit code of this process's Spark JVM if it has exited (negative: killed by that signal)."""
+def _jvm_exit_code(wait: bool) -> int | None:
+    """Exit code of this process's Spark JVM if it has exited (negative: killed by that signal);
+    with `wait`, give it _JVM_EXIT_WAIT_S to exit."""
+    import subprocess
+
     try:
         from pyspark import SparkContext
     except ImportError:
         return None
-    gateway = SparkContext._gateway
-    proc = getattr(gateway, "proc", None)
-    return proc.poll() if proc is not None else None
+    proc = getattr(SparkContext._gateway, "proc", None)
+    if proc is None:
+        return None
+    try:
+        return proc.wait(_JVM_EXIT_WAIT_S) if wait else proc.poll()
+    except subprocess.TimeoutExpired:
+        return None
