@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from feature_repo import feature_math
-from mminterest.schemas import ITEM_ATTRIBUTES, MODALITIES, VECTORS  # noqa: F401  (re-exported)
+from mminterest.schemas import ITEM_ATTRIBUTES, MODALITIES, VECTORS
 
 ITEM_FIELDS = (*VECTORS, *ITEM_ATTRIBUTES)  # what is read online per item, in the cache's row order
 

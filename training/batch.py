@@ -48,7 +48,7 @@ def _cats(vocab: Vocab, names, item_ids: np.ndarray) -> np.ndarray:
     names = np.broadcast_to(np.asarray(names, dtype=object), item_ids.shape)
     core = names[tuple(0 if step == 0 else slice(None) for step in names.strides)]
     shape = tuple(1 if step == 0 else n for step, n in zip(names.strides, names.shape))
-    known = (core != None).reshape(shape)  # noqa: E711  (element-wise on an object array)
+    known = np.not_equal(core, None).reshape(shape)
     return np.where(known, vocab.cat_index(core).reshape(shape), vocab.item_cat(item_ids))
 
 

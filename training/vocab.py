@@ -98,7 +98,7 @@ class Vocab:
         """Category index from `names` (e.g. read online) where given, else from the catalogue map
         of `item_ids` (same shape): an item added after training keeps its category."""
         names = np.asarray(names, dtype=object)
-        known = names != None  # noqa: E711  (element-wise on an object array)
+        known = np.not_equal(names, None)
         return np.where(known, self.cat_index(names), self.item_cat(item_ids))
 
     # --- persistence ---------------------------------------------------------------------------------

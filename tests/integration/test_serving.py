@@ -8,13 +8,13 @@ import subprocess
 import sys
 import time
 
+import httpx
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
 from deltalake import DeltaTable
-import httpx
 from fastapi.testclient import TestClient
 from PIL import Image
 

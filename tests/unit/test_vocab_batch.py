@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
+from mminterest.schemas import UNKNOWN_CATEGORY
 from training.batch import make_batch
 from training.models import ModelConfig, build_model
-from mminterest.schemas import UNKNOWN_CATEGORY
 from training.vocab import Vocab
 
 INTERACTIONS = pd.DataFrame({"user_id": [30, 10, 30, 20], "item_id": [500, 100, 300, 100]})
