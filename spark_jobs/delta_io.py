@@ -24,7 +24,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from mminterest.tables import committed, exists
 
-_BATCH_ROWS = 64_000
+_BATCH_BYTES = 32 << 20  # uncompressed bytes per Arrow batch streamed into a commit (~64k narrow rows)
 
 
 def delta_jvm_available(spark: SparkSession) -> bool:
@@ -95,6 +95,22 @@ def _staged(df: DataFrame, path: str) -> Iterator[Callable[[], pa.RecordBatchRea
     try:
         df.write.mode("overwrite").parquet(str(staging))
         files = sorted(str(p) for p in Path(staging).glob("*.parquet"))
-        yield lambda: pads.dataset(files, format="parquet").scanner(batch_size=_BATCH_ROWS).to_reader()
+        rows = _batch_rows(files)
+        # one batch read ahead, one file at a time: driver memory stays flat whatever the table's size
+        yield lambda: pads.dataset(files, format="parquet").scanner(
+            batch_size=rows, batch_readahead=1, fragment_readahead=1).to_reader()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _batch_rows(files: list[str]) -> int:
+    """Rows per streamed batch: about _BATCH_BYTES of uncompressed data, from the Parquet footers
+    (a wide row, e.g. interest_features' ~1.4 KB, gives smaller batches)."""
+    import pyarrow.parquet as pq
+
+    rows = size = 0
+    for f in files[:8]:
+        meta = pq.ParquetFile(f).metadata
+        rows += meta.num_rows
+        size += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return max(1024, min(1 << 20, _BATCH_BYTES * rows // size)) if size else 64_000
