@@ -39,3 +39,11 @@ def test_the_feast_cli_reads_definitions_py_only():
                if line.strip() and not line.startswith("#")}
     modules = {p.name for p in repo.REPO_DIR.glob("*.py")} - {"__init__.py", "definitions.py"}
     assert ignored == modules
+
+
+def test_feast_ui_imports():
+    """`feast ui` serves the registry through feast.registry_server (feast's grpcio extra)."""
+    import feast.registry_server
+    import feast.ui_server
+
+    assert callable(feast.ui_server.start_server) and feast.registry_server.RegistryServer
