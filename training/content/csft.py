@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from mminterest.schemas import category
 from training.distributed import broadcast_module, rank, shard_order, world_size
@@ -207,7 +208,8 @@ def backbone_features(encoder: MultimodalEncoder, table: ItemTable, batch_size: 
     start = time.time()
     parts: dict[str, list[torch.Tensor]] = {"txt_feat": [], "img_feat": [], "img_mask": []}
     try:
-        for lo in range(0, len(table), batch_size):
+        for lo in tqdm(range(0, len(table), batch_size), desc="csft: backbone features", unit="batch",
+                       leave=False, disable=rank() != 0, mininterval=2.0):
             feats = encoder.features(*table.batch(range(lo, min(lo + batch_size, len(table)))))
             for key in parts:
                 parts[key].append(feats[key])
