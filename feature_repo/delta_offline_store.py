@@ -14,7 +14,7 @@ with timestamp <= the entity row's (and >= it - ttl when the view has a ttl); un
 join, every entity row comes back, in the order given (`training_frame.get_training_frame` still
 guards Trap 2 for any store). Non-Delta sources fall back to the stock store.
 
-Named by its class path in the generated feature_store.yaml (`offline_store: {type: CLASS_PATH}`).
+Named by its class path in feature_repo/feature_store.yaml (`offline_store: {type: CLASS_PATH}`).
 """
 from __future__ import annotations
 
