@@ -16,7 +16,7 @@ import torch
 from feature_repo.online import CandidateFeatures
 from mminterest.schemas import VECTORS
 from training.batch import make_batch
-from training.models import load_model
+from training.models import CTRModel, load_model
 from training.vocab import Vocab
 
 
@@ -41,7 +41,7 @@ def columns(features: CandidateFeatures) -> dict[str, np.ndarray]:
 class Ranker:
     """A loaded CTR model and its vocabulary; `score` is thread-safe (no state, no grad)."""
 
-    def __init__(self, model: torch.nn.Module, vocab: Vocab, version: str = ""):
+    def __init__(self, model: CTRModel, vocab: Vocab, version: str = ""):
         self.model = model.eval()
         self.vocab = vocab
         self.version = version

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from training.vocab import Vocab
+from training.vocab import Vocab, named
 
 FLOAT_SEQS = ("sim_img", "sim_txt")
 MASKS = ("sim_mask_img", "sim_mask_txt")
@@ -48,7 +48,7 @@ def _cats(vocab: Vocab, names, item_ids: np.ndarray) -> np.ndarray:
     names = np.broadcast_to(np.asarray(names, dtype=object), item_ids.shape)
     core = names[tuple(0 if step == 0 else slice(None) for step in names.strides)]
     shape = tuple(1 if step == 0 else n for step, n in zip(names.strides, names.shape))
-    known = np.not_equal(core, None).reshape(shape)
+    known = named(core).reshape(shape)
     return np.where(known, vocab.cat_index(core).reshape(shape), vocab.item_cat(item_ids))
 
 

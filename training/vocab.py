@@ -20,6 +20,11 @@ from mminterest.schemas import category as primary_category
 VOCAB_FILE = "vocab.json"
 
 
+def named(names) -> np.ndarray:
+    """True where an element of an object array is not None (same shape)."""
+    return np.frompyfunc(lambda n: n is not None, 1, 1)(np.asarray(names, dtype=object)).astype(bool)
+
+
 class IdIndex:
     """Sorted int64 keys -> 1..len(keys); anything else -> 0. Vectorised lookup by binary search."""
 
@@ -98,7 +103,7 @@ class Vocab:
         """Category index from `names` (e.g. read online) where given, else from the catalogue map
         of `item_ids` (same shape): an item added after training keeps its category."""
         names = np.asarray(names, dtype=object)
-        known = np.not_equal(names, None)
+        known = named(names)
         return np.where(known, self.cat_index(names), self.item_cat(item_ids))
 
     # --- persistence ---------------------------------------------------------------------------------
