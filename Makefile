@@ -16,3 +16,21 @@ test: setup
 
 bench: setup
 	$(VENV)/mmi bench $(NAME)
+
+# A local Airflow (scheduler, DAG processor, API server + UI on 127.0.0.1:$(AIRFLOW_PORT)) in the
+# background, stopped by its pids; the screenshot needs it up and a run of $(DAG) to show.
+.PHONY: airflow-up airflow-down airflow-screenshot
+AIRFLOW_PORT ?= 8080
+DAG ?= mm_new_items
+OUT ?= docs/airflow-grid.png
+airflow-up: setup
+	infra/airflow.sh up --port $(AIRFLOW_PORT)
+
+airflow-down:
+	infra/airflow.sh down
+
+airflow-screenshot:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (apt)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	$(VENV)/python -m infra.ui_screenshot $(DAG) $(OUT)

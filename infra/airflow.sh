@@ -5,6 +5,9 @@
 #   infra/airflow.sh ARGS...              set up, then run `airflow ARGS...` in that environment
 #   infra/airflow.sh dags test mm_feature_pipeline 2026-11-22      one run, no scheduler needed
 #   infra/airflow.sh standalone           scheduler + dag-processor + api-server (UI on :8080)
+#   infra/airflow.sh up [--port 8080]     the same three daemons on 127.0.0.1, in the background,
+#   infra/airflow.sh status|down          stopped by their pids (infra/airflow_local.py)
+#   infra/airflow.sh trigger DAG [--wait] a run through the REST API of the daemons `up` started
 #
 # Set-up runs once per (Airflow version, Spark master): `airflow db migrate`, the `spark_default`
 # connection (host = the config's spark_master, local[*] by default; re-created when the config
@@ -13,6 +16,9 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY="$REPO/.venv/bin/python"
 [ -x "$PY" ] || { echo "airflow.sh: $PY missing; run infra/setup.sh first" >&2; exit 1; }
+case "${1:-}" in  # the background daemons: set up and started by the module (through this script)
+  up|down|status|trigger) cd "$REPO" && exec "$PY" -m infra.airflow_local "$@" ;;
+esac
 
 # One python call: the config's home and Spark master (MMI_* overrides apply), Airflow's version.
 { read -r MMI_HOME_DIR; read -r SPARK_MASTER; read -r AIRFLOW_VERSION; } < <(

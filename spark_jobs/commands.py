@@ -9,10 +9,11 @@ from mminterest.cli import fail
 def _ingest(args) -> int:
     from spark_jobs import ingest
     from spark_jobs.job import guarded
+    from spark_jobs.validation import docs_note
 
     def run() -> int:
         try:
-            print(ingest.run().line())
+            print(ingest.run().line() + docs_note())
         except ingest.BadInputError as err:
             return fail(err)
         return 0
@@ -25,10 +26,11 @@ def _gated(job) -> int:
     memory is one line too, exit OUT_OF_MEMORY_EXIT (`job.guarded`)."""
     from spark_jobs.job import MissingInputError, guarded
     from spark_jobs.feature_checks import FeatureCheckError
+    from spark_jobs.validation import docs_note
 
     def run() -> int:
         try:
-            print(job().line())
+            print(job().line() + docs_note())
         except (FeatureCheckError, MissingInputError) as err:
             return fail(err)
         return 0
