@@ -26,6 +26,9 @@ class Config(BaseSettings):
     spark_driver_memory: str = "4g"
     spark_shuffle_partitions: int = 0  # 0 = sized from the data (AQE, spark_jobs/session.py); > 0 = fixed override
     max_bad_fraction: float = 0.05  # ingest fails past this share of quarantined rows
+    # `features materialize` fails when an online view's newest row is older than this many hours
+    # before the window's end; 0 = report the lag only (the bundled dataset is historical)
+    max_feature_lag_hours: float = 0.0
     max_text_chars: int = 2000
     delta_commit_attempts: int = 8  # tries of one Delta commit that conflicts with concurrent writers
     positive_rating: float = 4.0  # label = rating >= this

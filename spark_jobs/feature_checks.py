@@ -2,8 +2,9 @@
 
 Array columns are first reduced to scalar check columns (one flag per concern over all
 modalities: few expectations, as each costs Spark jobs), then validated with
-`validation.run_suite`. `publish_gate` raises `FeatureCheckError` naming the failing checks and
-the GE report: the jobs call it before writing, so a table that fails is never published.
+`validation.run_suite`. `publish_gate` raises `FeatureCheckError` naming the failing checks, the GE
+report and its Data Docs page: the jobs call it before writing, so a table that fails is never
+published.
 
 Distribution cells must sum to (valid positions of that modality) / T: hist_len / T when every
 history item and the target have the modality, less where it is masked (CONTRACTS.md).
@@ -40,7 +41,7 @@ def publish_gate(frame: DataFrame, name: str, checks: list[Check], cfg: Config) 
         failed = "; ".join(f"{reason} ({len(ids)} rows, e.g. {ids[:3]})" if ids else reason
                            for reason, ids in result.failed_ids.items())
         raise FeatureCheckError(f"{name} not published, failed checks: {failed}; "
-                                f"GE report {result.report_path}")
+                                f"GE report {result.report_path}, data docs {result.docs_page}")
     return result
 
 
