@@ -26,7 +26,7 @@ def _materialize(args) -> int:
     from mminterest.config import get_config
 
     cfg, store = get_config(), _store()
-    end = getattr(args, "end", None) or datetime.now(timezone.utc)
+    end = args.end or datetime.now(timezone.utc)
     end = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
     print(repo.materialize(store, full=args.full, end=end))
     fresh = freshness.check(store, end, cfg.max_feature_lag_hours, cfg.feast_dir)

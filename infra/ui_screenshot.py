@@ -36,8 +36,8 @@ class ScreenshotError(RuntimeError):
 class _Tab:
     """One page target of Chromium's DevTools protocol."""
 
-    def __init__(self, ws_url: str) -> None:
-        self.ws = connect(ws_url, max_size=None, open_timeout=30)
+    def __init__(self, ws) -> None:
+        self.ws = ws
         self.ids = itertools.count(1)
 
     def call(self, method: str, **params) -> dict:
@@ -91,19 +91,20 @@ def screenshot(api: Api, dag_id: str, out: Path, wait_for: list[str], timeout: f
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise ScreenshotError("Chromium did not start (no DevToolsActivePort)")
                 time.sleep(0.2)
-            tab = _Tab(_page_ws(int(port_file.read_text().split()[0])))
-            tab.call("Network.setCookie", name="_token", value=token, url=api.url + "/")
-            tab.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT,
-                     deviceScaleFactor=1, mobile=False)
-            tab.call("Page.navigate", url=f"{api.url}/dags/{dag_id}")
-            deadline, text = time.monotonic() + timeout, ""
-            while not all(w in (text := tab.text()) for w in wait_for):
-                if time.monotonic() > deadline:
-                    raise ScreenshotError(f"the page never showed {wait_for}; it showed: {text[:500]!r}")
-                time.sleep(1)
-            time.sleep(2)  # let the last requests paint
-            png = base64.b64decode(tab.call("Page.captureScreenshot", format="png")["data"])
-            tab.ws.close()
+            with connect(_page_ws(int(port_file.read_text().split()[0])), max_size=None,
+                         open_timeout=30) as ws:
+                tab = _Tab(ws)
+                tab.call("Network.setCookie", name="_token", value=token, url=api.url + "/")
+                tab.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT,
+                         deviceScaleFactor=1, mobile=False)
+                tab.call("Page.navigate", url=f"{api.url}/dags/{dag_id}")
+                deadline, text = time.monotonic() + timeout, ""
+                while not all(w in (text := tab.text()) for w in wait_for):
+                    if time.monotonic() > deadline:
+                        raise ScreenshotError(f"the page never showed {wait_for}; it showed: {text[:500]!r}")
+                    time.sleep(1)
+                time.sleep(2)  # let the last requests paint
+                png = base64.b64decode(tab.call("Page.captureScreenshot", format="png")["data"])
         finally:
             stop_tree([entry], timeout=5)
     out.parent.mkdir(parents=True, exist_ok=True)
