@@ -4,10 +4,14 @@ A state holds the user's last T positives with a timestamp <= its event time, mo
 (ties in the same second ordered by item_id, highest first), and is valid from that time + 1 µs.
 Positives sharing a timestamp collapse into ONE state, so Feast's point-in-time join (feature
 ts <= row ts) for a row at time t sees exactly the positives strictly before t, never one at t.
-The table is rebuilt from all interactions each run (late-arriving events land in place) and
-overwritten in one commit, after the feature_checks gate.
+Without a window the table is rebuilt from all interactions and overwritten in one commit. A run
+for the data interval [start, end) recomputes only the users with events in the window or with
+events admitted (late ones included) since its last run, each from its earliest such event on
+(spark_jobs/increments.py), and replaces just those states in one commit: a state at t holds only
+positives <= t, so the states before the cutoff cannot change. Either way the feature_checks gate
+runs first, on the rows to be written.
 
-    spark-submit spark_jobs/behaviour.py      or      mmi build behaviour
+    spark-submit spark_jobs/behaviour.py [--start ISO --end ISO]   or   mmi build behaviour [...]
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from mminterest.config import Config, get_config
-from spark_jobs import delta_io
+from spark_jobs import delta_io, increments
 from spark_jobs.job import JobSummary, require
 
 log = logging.getLogger("mminterest.behaviour")
@@ -42,34 +46,60 @@ def states(interactions: DataFrame, seq_len: int) -> DataFrame:
                     F.size("hist").cast("int").alias("hist_len")))
 
 
-def publish(df: DataFrame, cfg: Config) -> int:
-    """Gate `df` with the behaviour checks, then overwrite the table (one commit). Returns the version."""
+def publish(df: DataFrame, cfg: Config, predicate: str | None = None) -> int:
+    """Gate `df` with the behaviour checks, then overwrite the table, or only the rows matching
+    `predicate` (one commit). Returns the version."""
     from spark_jobs.feature_checks import check_behaviour  # lazy: Great Expectations is slow to import
 
     check_behaviour(df, cfg)
-    return delta_io.write(df, cfg.table(TABLE), mode="overwrite")
+    return delta_io.write(df, cfg.table(TABLE), mode="overwrite", predicate=predicate)
 
 
-def run(cfg: Config | None = None, spark: SparkSession | None = None) -> JobSummary:
-    """Rebuild user_behaviour from interactions; return (and log) the one-line summary."""
+def recomputed(interactions: DataFrame, cut: increments.Cutoffs, seq_len: int) -> DataFrame:
+    """The states of the users of `cut` from their cutoff on (valid-from > cutoff: positives at or
+    after it), computed from all their positives."""
+    users = F.broadcast(increments.as_frame(interactions.sparkSession, cut))
+    mine = interactions.join(users.select("user_id"), "user_id", "left_semi")
+    return (states(mine, seq_len).join(users, "user_id")
+            .where(F.col("event_ts") > F.col("cutoff")).drop("cutoff"))
+
+
+def run(cfg: Config | None = None, spark: SparkSession | None = None, start=None,
+        end=None) -> JobSummary:
+    """Rebuild user_behaviour (no window), or bring it up to date for the window [start, end);
+    return (and log) the one-line summary."""
     from spark_jobs.session import get_spark
 
     cfg = cfg or get_config()
     require(cfg, "interactions")
     spark = spark or get_spark("mmi-behaviour", cfg)
-    start = time.time()
-    log.info("behaviour [1/3] reading %s", cfg.table("interactions"))
-    interactions = delta_io.read(spark, cfg.table("interactions"))
-    out = states(interactions, cfg.seq_len).persist()
+    begun = time.time()
+    inputs, params = {"interactions": increments.version(cfg, "interactions")}, {"seq_len": cfg.seq_len}
+    windowed = start is not None or end is not None
+    cut = increments.touched(spark, cfg, TABLE, inputs, params, start, end) if windowed else None
+    log.info("behaviour [1/3] reading %s (version %d)%s", cfg.table("interactions"),
+             inputs["interactions"], "" if cut is None else f": {len(cut):,} users to recompute")
+    interactions = increments.read_at(spark, cfg.table("interactions"), inputs["interactions"])
+    if cut is None:
+        out, predicate, note = states(interactions, cfg.seq_len), None, "full rebuild"
+    else:
+        out, predicate = recomputed(interactions, cut, cfg.seq_len), increments.predicate(cut, ">")
+        note = f"{len(cut):,} users recomputed from their earliest new event"
+    out = out.persist()
     try:
-        rows_in, rows_out = interactions.count(), out.count()
-        log.info("behaviour [2/3] checking %s states", f"{rows_out:,}")
-        version = publish(out, cfg)
-        log.info("behaviour [3/3] wrote %s (version %d)", cfg.table(TABLE), version)
+        rows_out = out.count()
+        rows_in = interactions.count()
+        if cut == {}:
+            log.info("behaviour [2/3] nothing new: %s unchanged", cfg.table(TABLE))
+        else:
+            log.info("behaviour [2/3] checking %s states", f"{rows_out:,}")
+            version = publish(out, cfg, predicate)
+            log.info("behaviour [3/3] wrote %s (version %d)", cfg.table(TABLE), version)
+        increments.save(cfg, TABLE, inputs, params)
     finally:
         out.unpersist()
-    summary = JobSummary("behaviour", rows_in, rows_out, time.time() - start,
-                         f"states of T <= {cfg.seq_len}")
+    summary = JobSummary("behaviour", rows_in, rows_out, time.time() - begun,
+                         f"states of T <= {cfg.seq_len}, {note}")
     log.info(summary.line())
     return summary
 

@@ -13,7 +13,7 @@ def _ingest(args) -> int:
 
     def run() -> int:
         try:
-            print(ingest.run().line() + docs_note())
+            print(ingest.run(start=args.start, end=args.end).line() + docs_note())
         except ingest.BadInputError as err:
             return fail(err)
         return 0
@@ -41,7 +41,7 @@ def _gated(job) -> int:
 def _behaviour(args) -> int:
     from spark_jobs import behaviour
 
-    return _gated(behaviour.run)
+    return _gated(lambda: behaviour.run(start=args.start, end=args.end))
 
 
 def _interest(args) -> int:
@@ -73,17 +73,31 @@ def _items_add(args) -> int:
     return 0
 
 
+def _window(parser, what: str) -> None:
+    """--start/--end: the run's data interval (the DAG passes data_interval_start/end)."""
+    parser.add_argument("--start", type=datetime.fromisoformat,
+                        help=f"start of the data interval, ISO, UTC if naive (inclusive): {what}")
+    parser.add_argument("--end", type=datetime.fromisoformat,
+                        help="end of the data interval, ISO, UTC if naive (exclusive)")
+
+
 def register(sub) -> None:
-    sub.add_parser("ingest", help="dataset -> Great Expectations gate -> Delta (interactions, "
-                   "items, quarantine)").set_defaults(func=_ingest)
+    ingest = sub.add_parser("ingest", help="dataset -> Great Expectations gate -> Delta (interactions, "
+                            "items, quarantine)")
+    _window(ingest, "admit the window's events and every earlier one not yet admitted "
+            "(none held: the first load); without a window, the whole dataset")
+    ingest.set_defaults(func=_ingest)
     build = sub.add_parser("build", help="compute a feature table (gated by Great Expectations)")
     tables = build.add_subparsers(dest="table", required=True)
-    tables.add_parser("behaviour", help="interactions -> user_behaviour (point-in-time behaviour "
-                      "states, rebuilt whole)").set_defaults(func=_behaviour)
+    behaviour = tables.add_parser("behaviour", help="interactions -> user_behaviour (point-in-time "
+                                  "behaviour states; rebuilt whole without a window)")
+    _window(behaviour, "recompute only the users with events in the window or with events "
+            "admitted since the last run, from their earliest such event on")
+    behaviour.set_defaults(func=_behaviour)
     interest = tables.add_parser("interest", help="interactions + user_behaviour + item_embeddings "
                                  "-> interest_features (similarity sequences, interest distributions)")
-    interest.add_argument("--start", type=datetime.fromisoformat, help="first event_ts to (re)compute, ISO, UTC (inclusive)")
-    interest.add_argument("--end", type=datetime.fromisoformat, help="end of the event_ts window, ISO, UTC (exclusive)")
+    _window(interest, "recompute only the rows of users with events in the window or with "
+            "events (or item vectors) changed since the last run, from their earliest such event on")
     interest.set_defaults(func=_interest)
     embed = sub.add_parser("embed", help="compute item embeddings").add_subparsers(dest="what", required=True)
     items = embed.add_parser("items", help="items -> item_embeddings (img, txt, fused; only new or changed "

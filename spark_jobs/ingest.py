@@ -5,13 +5,24 @@ good + quarantined = input. Quarantine is written first; past `max_bad_fraction`
 fails and leaves the good tables untouched. Good tables are MERGEd on their keys, so a re-run on
 the same input leaves the same state (one commit per table per run).
 
-    spark-submit spark_jobs/ingest.py      or      mmi ingest
+A run for the data interval [start, end) (`--start/--end`: the DAG's logical-date window) replays
+the dataset as a stream. It admits every event with event_ts < end that `interactions` does not
+hold yet: the window's events, late arrivals (an earlier event_ts, in the source only since that
+window ran) and, on an empty table, everything before `end` (the first load). Events at or after
+`end` wait for their window (unless their timestamp is out of range: those are quarantined now).
+Only the admitted candidates are validated: catalogue rows (items, images) equal to what `items`
+already holds were validated when they were admitted and are taken as they are; the rest (new,
+changed, previously refused) go through the suites. Without a window the whole dataset is
+validated and merged, as a full rebuild.
+
+    spark-submit spark_jobs/ingest.py [--start ISO --end ISO]      or      mmi ingest [...]
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +30,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from mminterest.config import Config, get_config
+from mminterest.schemas import utc
 from spark_jobs import delta_io
 from spark_jobs.adapters import get_adapter
 from spark_jobs.expectations import image_checks, interaction_checks, item_checks
@@ -27,6 +39,7 @@ from spark_jobs.validation import run_suite, split_failed
 log = logging.getLogger("mminterest.ingest")
 RID = "_rid"
 QUARANTINE_KEYS = ["source", "record_hash"]
+INTERACTION_KEYS = ["user_id", "item_id", "event_ts"]
 
 
 class BadInputError(RuntimeError):
@@ -39,13 +52,17 @@ class IngestSummary:
     written: dict[str, int]
     quarantined: dict[str, int]
     seconds: float
+    skipped: dict[str, int] = field(default_factory=dict)  # windowed: already held, or not due yet
+    window: str = ""
 
     def line(self) -> str:
         def fmt(d: dict[str, int]) -> str:
             return f"{sum(d.values()):,} (" + ", ".join(f"{k} {v:,}" for k, v in d.items()) + ")"
 
-        return (f"ingest: rows in {fmt(self.rows_in)}, written {fmt(self.written)}, "
-                f"quarantined {fmt(self.quarantined)}, {self.seconds:.1f} s")
+        skipped = f", skipped {fmt(self.skipped)}" if self.skipped else ""
+        window = f" [window {self.window}]" if self.window else ""
+        return (f"ingest{window}: rows in {fmt(self.rows_in)}, written {fmt(self.written)}, "
+                f"quarantined {fmt(self.quarantined)}{skipped}, {self.seconds:.1f} s")
 
 
 def _image_status(paths: pd.Series) -> pd.Series:
@@ -73,6 +90,11 @@ def _first_of(df: DataFrame, keys: list[str], name: str) -> DataFrame:
 
 
 def _validated(df: DataFrame, source: str, checks, report_dir: Path) -> tuple[DataFrame, DataFrame]:
+    """(good rows, quarantine rows) of `df`; nothing to validate (a windowed run) runs no suite."""
+    if df.isEmpty():
+        return df, df.select(F.lit(source).alias("source"), F.sha2("_raw", 256).alias("record_hash"),
+                             F.lit(None).cast("string").alias("reason"),
+                             F.array().cast("array<string>").alias("checks"), F.col("_raw").alias("record"))
     result = run_suite(df, f"ingest_{source}", checks, RID, report_dir)
     good, bad = split_failed(df, result, checks, RID)
     quarantine = bad.select(F.lit(source).alias("source"), F.sha2("_raw", 256).alias("record_hash"),
@@ -80,47 +102,89 @@ def _validated(df: DataFrame, source: str, checks, report_dir: Path) -> tuple[Da
     return good, quarantine
 
 
-def run(cfg: Config | None = None, spark: SparkSession | None = None) -> IngestSummary:
-    """Ingest the configured dataset; return the summary (also logged as one line)."""
+def _held_back(df: DataFrame, held: DataFrame | None, columns: list[str], *flags: str
+               ) -> tuple[DataFrame, DataFrame | None]:
+    """(rows to validate, rows kept as already validated): a row is kept when every flag is true
+    and a row of `held` (what the table holds) equals it on `columns` (nulls equal)."""
+    if held is None:
+        return df, None
+    ok = df.where(" AND ".join(f"coalesce({f}, false)" for f in flags))
+    match = held.select(*[F.col(c).alias(f"_held_{c}") for c in columns])
+    kept = ok.join(F.broadcast(match), [ok[c].eqNullSafe(match[f"_held_{c}"]) for c in columns],
+                   "left_semi").persist()
+    return df.join(kept.select(RID), RID, "left_anti"), kept
+
+
+def run(cfg: Config | None = None, spark: SparkSession | None = None, start=None,
+        end=None) -> IngestSummary:
+    """Ingest the configured dataset (with `end`: the events before `end` not yet admitted);
+    return the summary (also logged as one line)."""
     from spark_jobs.session import get_spark
 
     cfg = cfg or get_config()
     spark = spark or get_spark("mmi-ingest", cfg)
     try:
-        return _run(cfg, spark)
+        return _run(cfg, spark, utc(start), utc(end))
     finally:
         spark.catalog.clearCache()  # the persisted frames of this run must not serve the next one
 
 
-def _run(cfg: Config, spark: SparkSession) -> IngestSummary:
-    start = time.time()
+def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
+    begun = time.time()
     report_dir = cfg.reports_dir / "validation"
     adapter = get_adapter(cfg.dataset)
     image_status = F.pandas_udf(_image_status, "string")
+    now = datetime.now(timezone.utc)  # one "now" for the range check and the replay's future
 
     def staged(df: DataFrame) -> DataFrame:
         return df.withColumn(RID, F.monotonically_increasing_id()).persist()
 
+    def held(name: str) -> DataFrame | None:
+        """What table `name` holds (windowed runs only)."""
+        path = cfg.table(name)
+        return delta_io.read(spark, path).persist() if end is not None and delta_io.exists(path) else None
+
+    held_items = held("items")
     log.info("ingest [1/4] validating items from %s", cfg.dataset_dir)
     items = _first_of(staged(adapter.items(spark, cfg)), ["item_id"], "first_of_id")
+    items, kept_items = _held_back(items, held_items, ["item_id", "title", "text", "category"],
+                                   "first_of_id")
     good_items, q_items = _validated(items, "items", item_checks(cfg.max_text_chars), report_dir)
+    if kept_items is not None:
+        good_items = good_items.unionByName(kept_items)
     good_items = good_items.persist()
     known = good_items.select("item_id", F.lit(True).alias("item_known"))
 
     log.info("ingest [2/4] validating images")
     images = staged(adapter.images(spark, cfg))
     images = (_first_of(images, ["item_id"], "first_of_id")
-              .join(F.broadcast(known), "item_id", "left").fillna(False, ["item_known"])
-              .withColumn("_status", image_status("image_path"))
+              .join(F.broadcast(known), "item_id", "left").fillna(False, ["item_known"]))
+    images, kept_images = _held_back(images, held_items, ["item_id", "image_path"],
+                                     "first_of_id", "item_known")
+    images = (images.withColumn("_status", image_status("image_path"))
               .withColumn("image_exists", F.col("_status") != "missing")
               .withColumn("image_decodes", F.when(F.col("_status") != "missing", F.col("_status") == "ok")))
     good_images, q_images = _validated(images, "images", image_checks(), report_dir)
+    if kept_images is not None:
+        good_images = good_images.select(*kept_images.columns).unionByName(kept_images)
 
-    log.info("ingest [3/4] validating interactions")
+    log.info("ingest [3/4] validating interactions%s", f" before {end}" if end is not None else "")
     events = staged(adapter.interactions(spark, cfg))
-    events = (_first_of(events, ["user_id", "item_id", "event_ts"], "first_of_key")
+    skipped = {}
+    if end is not None:  # the replay: events at/after `end` are not due yet; held ones stay
+        horizon = now + timedelta(days=1)  # later than that: out of range, quarantined now
+        ts = F.col("event_ts")
+        due = events.where(ts.isNull() | (ts < F.lit(end.to_pydatetime())) | (ts > F.lit(horizon)))
+        held_events = held("interactions")
+        if held_events is not None:
+            due = due.join(held_events.select(*INTERACTION_KEYS), INTERACTION_KEYS, "left_anti")
+        total, events = events.count(), due.persist()
+        skipped = {"interactions": total - events.count(),
+                   "items": kept_items.count() if kept_items is not None else 0,
+                   "images": kept_images.count() if kept_images is not None else 0}
+    events = (_first_of(events, INTERACTION_KEYS, "first_of_key")
               .join(F.broadcast(known), "item_id", "left").fillna(False, ["item_known"]))
-    checks = interaction_checks(cfg.rating_min, cfg.rating_max)
+    checks = interaction_checks(cfg.rating_min, cfg.rating_max, now)
     good_events, q_events = _validated(events, "interactions", checks, report_dir)
     good_events = good_events.select(
         "user_id", "item_id", "event_ts", "rating",
@@ -135,7 +199,8 @@ def _run(cfg: Config, spark: SparkSession) -> IngestSummary:
                 quarantine.groupBy("source").agg(F.sum("copies").alias("n")).collect()})
 
     log.info("ingest [4/4] writing Delta tables under %s", cfg.home / "delta")
-    delta_io.merge(quarantine, cfg.table("quarantine"), QUARANTINE_KEYS)
+    if not quarantine.isEmpty() or not delta_io.exists(cfg.table("quarantine")):
+        delta_io.merge(quarantine, cfg.table("quarantine"), QUARANTINE_KEYS)
     too_bad = {s: bad[s] / n for s, n in rows_in.items() if n and bad[s] / n > cfg.max_bad_fraction}
     if too_bad:
         shares = ", ".join(f"{s} {f:.1%}" for s, f in too_bad.items())
@@ -148,11 +213,20 @@ def _run(cfg: Config, spark: SparkSession) -> IngestSummary:
     items_out = (good_items.select("item_id", "title", "text", "category")
                  .join(good_images.select("item_id", "image_path"), "item_id", "left")
                  .join(first_seen, "item_id", "left"))
-    delta_io.merge(items_out, cfg.table("items"), ["item_id"])
-    delta_io.merge(good_events, cfg.table("interactions"), ["user_id", "item_id", "event_ts"])
-    written = {"interactions": good_events.count(), "items": good_items.count(),
-               "images": good_images.count()}
-    summary = IngestSummary(rows_in, written, bad, time.time() - start)
+    if held_items is not None:  # first seen: the earlier of the held and the newly admitted events
+        prior = held_items.select("item_id", F.col("first_seen_ts").alias("_prior"))
+        items_out = (items_out.join(prior, "item_id", "left")
+                     .withColumn("first_seen_ts", F.least("first_seen_ts", "_prior")).drop("_prior"))
+        items_out = items_out.subtract(held_items.select(*items_out.columns))  # only changed rows
+    items_out = items_out.persist()
+    written = {"interactions": good_events.count(), "items": items_out.count(),
+               "images": good_images.count() - (kept_images.count() if kept_images is not None else 0)}
+    if written["items"] or not delta_io.exists(cfg.table("items")):
+        delta_io.merge(items_out, cfg.table("items"), ["item_id"])
+    if written["interactions"] or not delta_io.exists(cfg.table("interactions")):
+        delta_io.merge(good_events, cfg.table("interactions"), INTERACTION_KEYS)
+    window = f"[{start or '-inf'}, {end})" if end is not None else ""
+    summary = IngestSummary(rows_in, written, bad, time.time() - begun, skipped, window)
     log.info(summary.line())
     return summary
 

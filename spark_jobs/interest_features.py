@@ -6,9 +6,11 @@ before event_ts, exactly what Feast's point-in-time join sees). Arrow batches th
 `feature_math.target_features`, the function the online ranker calls, with the item vectors of
 item_embeddings broadcast once per Python worker. `mapInArrow` rather than `mapInPandas`: the
 list columns cross as Arrow buffers both ways (offsets + values, stacked without a Python loop),
-never as per-row pandas objects. A window [start, end) of event_ts replaces only the rows of that
-window (predicate overwrite), so a backfill of a logical date is idempotent; the table is written
-in one commit, after the feature_checks gate.
+never as per-row pandas objects. Without a window every row is computed and the table overwritten.
+A run for the data interval [start, end) recomputes only the rows of the users with events in the
+window, or with events or item vectors changed since its last run, each from its earliest such
+event on (spark_jobs/increments.py: late arrivals included), and replaces just those rows
+(predicate overwrite); a re-run is idempotent. One commit, after the feature_checks gate.
 
     spark-submit spark_jobs/interest_features.py [--start ISO] [--end ISO]   or   mmi build interest ...
 """
@@ -28,8 +30,8 @@ from pyspark.sql import functions as F
 from feature_repo import feature_math
 from feature_repo.online import MODALITIES, ItemVectors, target_inputs
 from mminterest.config import Config, get_config
-from mminterest.schemas import utc as _utc
-from spark_jobs import delta_io
+from mminterest.schemas import utc
+from spark_jobs import delta_io, increments
 from spark_jobs.behaviour import TABLE as BEHAVIOUR
 from spark_jobs.job import JobSummary, require
 from spark_jobs.schemas import ddl
@@ -101,16 +103,18 @@ def features(rows: pa.RecordBatch, vectors: ItemVectors, seq_len: int, time_slic
     return pa.RecordBatch.from_pydict(out)
 
 
-def compute(spark: SparkSession, cfg: Config, start=None, end=None) -> DataFrame:
-    """The interest_features rows with start <= event_ts < end (lazy)."""
-    interactions = delta_io.read(spark, cfg.table("interactions"))
+def compute(spark: SparkSession, cfg: Config, cut: increments.Cutoffs | None = None,
+            interactions_version: int | None = None) -> DataFrame:
+    """The interest_features rows (lazy): all, or those of the users of `cut` from their cutoff on."""
+    path = cfg.table("interactions")
+    interactions = increments.read_at(spark, path, increments.version(cfg, "interactions")
+                                      if interactions_version is None else interactions_version)
     states = delta_io.read(spark, cfg.table(BEHAVIOUR))
-    start, end = _utc(start), _utc(end)
-    if start is not None:
-        interactions = interactions.where(F.col("event_ts") >= F.lit(start.to_pydatetime()))
-    if end is not None:
-        interactions = interactions.where(F.col("event_ts") < F.lit(end.to_pydatetime()))
-        states = states.where(F.col("event_ts") < F.lit(end.to_pydatetime()))
+    if cut is not None:
+        users = F.broadcast(increments.as_frame(spark, cut))
+        interactions = (interactions.join(users, "user_id").where(F.col("event_ts") >= F.col("cutoff"))
+                        .drop("cutoff"))
+        states = states.join(users.select("user_id"), "user_id", "left_semi")
     vectors = spark.sparkContext.broadcast(item_vectors(spark, cfg))
     seq_len, slices, bins = cfg.seq_len, cfg.time_slices, cfg.sim_bins
 
@@ -126,43 +130,48 @@ def compute(spark: SparkSession, cfg: Config, start=None, end=None) -> DataFrame
     return with_history(interactions, states).mapInArrow(per_batch, SCHEMA)
 
 
-def window_predicate(start=None, end=None) -> str | None:
-    """Delta predicate of the event_ts window [start, end), None for the whole table."""
-    parts = [f"event_ts {op} '{_utc(t).isoformat()}'" for op, t in ((">=", start), ("<", end))
-             if t is not None]
-    return " AND ".join(parts) or None
-
-
-def publish(df: DataFrame, cfg: Config, start=None, end=None) -> int:
-    """Gate `df`, then replace the window's rows (or the table) in one commit. Returns the version."""
+def publish(df: DataFrame, cfg: Config, predicate: str | None = None) -> int:
+    """Gate `df`, then replace the rows matching `predicate` (or the table) in one commit. Returns
+    the version."""
     from spark_jobs.feature_checks import check_interest  # driver only: Python workers import
     # this module to run `features`, and Great Expectations would add seconds to each
 
     check_interest(df, cfg)
-    return delta_io.write(df, cfg.table(TABLE), mode="overwrite", predicate=window_predicate(start, end))
+    return delta_io.write(df, cfg.table(TABLE), mode="overwrite", predicate=predicate)
 
 
 def run(cfg: Config | None = None, spark: SparkSession | None = None, start=None,
         end=None) -> JobSummary:
-    """Compute and publish interest_features for event_ts in [start, end) (default: all rows)."""
+    """Compute and publish interest_features: every row (no window), or the rows a run over the
+    window [start, end) must recompute."""
     from spark_jobs.session import get_spark
 
     cfg = cfg or get_config()
     require(cfg, "interactions", BEHAVIOUR, "item_embeddings")
     spark = spark or get_spark("mmi-interest", cfg)
     begun = time.time()
-    start, end = _utc(start), _utc(end)
-    window = f"[{start or '-inf'}, {end or '+inf'})"
-    log.info("interest [1/3] rows in %s, history from %s", window, cfg.table(BEHAVIOUR))
-    out = compute(spark, cfg, start, end).persist()
+    inputs = {t: increments.version(cfg, t) for t in ("interactions", "item_embeddings")}
+    params = {"seq_len": cfg.seq_len, "time_slices": cfg.time_slices, "sim_bins": cfg.sim_bins}
+    windowed = start is not None or end is not None
+    cut = increments.touched(spark, cfg, TABLE, inputs, params, start, end) if windowed else None
+    window = f"[{utc(start) or '-inf'}, {utc(end) or '+inf'})"
+    note = "full rebuild" if cut is None else f"{len(cut):,} users from their earliest new event"
+    log.info("interest [1/3] %s%s, history from %s", note, f", window {window}" if windowed else "",
+             cfg.table(BEHAVIOUR))
+    out = compute(spark, cfg, cut, inputs["interactions"]).persist()
     try:
         rows = out.count()
-        log.info("interest [2/3] checking %s rows", f"{rows:,}")
-        version = publish(out, cfg, start, end)
-        log.info("interest [3/3] wrote %s (version %d)", cfg.table(TABLE), version)
+        if cut == {}:
+            log.info("interest [2/3] nothing new: %s unchanged", cfg.table(TABLE))
+        else:
+            log.info("interest [2/3] checking %s rows", f"{rows:,}")
+            version = publish(out, cfg, None if cut is None else increments.predicate(cut, ">="))
+            log.info("interest [3/3] wrote %s (version %d)", cfg.table(TABLE), version)
+        increments.save(cfg, TABLE, inputs, params)
     finally:
         out.unpersist()
-    summary = JobSummary("interest", rows, rows, time.time() - begun, f"event_ts in {window}")
+    summary = JobSummary("interest", rows, rows, time.time() - begun,
+                         note + (f", window {window}" if windowed else ""))
     log.info(summary.line())
     return summary
 

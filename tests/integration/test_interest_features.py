@@ -1,7 +1,7 @@
 """interest_features on a slice of the real interactions plus crafted rows, with a fixture
 item_embeddings table (random unit vectors; some items without img, some without any vector):
 equal to feature_math called directly on brute-force histories, point-in-time, gated, and a
-window backfill is idempotent."""
+windowed re-run recomputes only its users' rows, to the same values."""
 from __future__ import annotations
 
 import numpy as np
@@ -116,13 +116,17 @@ def test_point_in_time_rows_see_only_earlier_positives(built):
     assert tie[50] == tie[60] == 5
 
 
-def test_window_backfill_is_idempotent(built, spark):
+def test_window_rerun_recomputes_its_users_from_their_first_window_event(built, spark):
+    """A run for [T0, T0 + 1 s) recomputes TIE_USER's rows from T0 on (the window's 4 rows and
+    the 2 later ones, which see them), nothing else, in one commit, to the same values."""
     cfg, interactions, _, before, _ = built
-    start, end = T0 - pd.Timedelta(days=3650), T0 + pd.Timedelta(seconds=1)
+    start, end = T0, T0 + pd.Timedelta(seconds=1)
     version = DeltaTable(cfg.table("interest_features")).version()
     summary = interest_features.run(cfg, spark, start=start, end=end)
     inside = (interactions.event_ts >= start) & (interactions.event_ts < end)
-    assert 0 < summary.rows_out == inside.sum() < len(interactions)
+    assert set(interactions[inside].user_id) == {TIE_USER} and inside.sum() == 4
+    later = (interactions.user_id == TIE_USER) & (interactions.event_ts >= start)
+    assert summary.rows_out == later.sum() == 6
     assert DeltaTable(cfg.table("interest_features")).version() == version + 1
     pd.testing.assert_frame_equal(_table(cfg), before)
 
