@@ -9,9 +9,12 @@
 - embed_items (item_embeddings) and behaviour (user_behaviour) read different tables and run side
   by side; interest_features needs both.
 - features_apply registers feature_repo/ in Feast; features_materialize loads the online views
-  (incremental since their last run).
-Every job rebuilds or MERGEs its tables and sees the run's logical date as MMI_LOGICAL_DATE, so
-clearing and re-running a run leaves the same tables. Backfill: see dags/README.md.
+  (incremental since their last run) up to the end of the run's data interval.
+Each run processes its data interval [data_interval_start, data_interval_end) only (--start/--end):
+ingest admits the interval's events (and late ones: earlier timestamps not admitted yet);
+behaviour and interest_features recompute only the users with new events, from the earliest one
+on; embed_items embeds only new or changed items. Clearing and re-running a run leaves the same
+tables, and a backfill of N days leaves the tables of one run over the N days. See dags/README.md.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import DAG
 
-from mm_ops import DEFAULT_ARGS, mmi, spark_job
+from mm_ops import DEFAULT_ARGS, WINDOW, WINDOW_END, mmi, spark_job
 
 with DAG(
     dag_id="mm_feature_pipeline",
@@ -33,18 +36,20 @@ with DAG(
     doc_md=__doc__,
 ):
     ingest = spark_job("ingest", "ingest", timedelta(hours=1),
-                       "dataset -> GE gate -> Delta interactions, items, quarantine")
+                       "the interval's (and late) events -> GE gate -> Delta interactions, items, "
+                       "quarantine", args=WINDOW)
     embed_items = spark_job("embed_items", "embed_items", timedelta(hours=3),
                             "items -> Delta item_embeddings (img, txt, fused)",
                             pool="mm_item_embeddings")
     behaviour = spark_job("behaviour", "behaviour", timedelta(hours=1),
-                          "interactions -> Delta user_behaviour (point-in-time sequences)")
+                          "interactions -> Delta user_behaviour (point-in-time sequences)", args=WINDOW)
     interest_features = spark_job("interest_features", "interest_features", timedelta(hours=2),
-                                  "similarity sequences and interest distributions")
+                                  "similarity sequences and interest distributions", args=WINDOW)
     features_apply = mmi("features_apply", "features apply", timedelta(minutes=15),
                          "register feature_repo/ definitions in Feast")
-    features_materialize = mmi("features_materialize", "features materialize", timedelta(hours=1),
-                               "online views -> Feast online store (incremental)",
+    features_materialize = mmi("features_materialize", f"features materialize {WINDOW_END}",
+                               timedelta(hours=1), "online views -> Feast online store (incremental, "
+                               "up to the interval's end)",
                                pool="mm_online_store")
 
     ingest >> [embed_items, behaviour] >> interest_features >> features_apply >> features_materialize

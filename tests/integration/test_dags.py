@@ -15,15 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import pytest
 
-from mminterest.config import REPO_ROOT
+from mminterest.config import REPO_ROOT, load_config
 from tests.conftest import REAL_DATASET
 
 PIPELINE_COMPLETE = True
@@ -55,6 +57,10 @@ UPSTREAM = {
                     "evaluate": {"train_din", "train_content"}, "promote": {"evaluate"}},
     "mm_new_items": {"embed_new_items": set(), "features_materialize": {"embed_new_items"}},
 }
+# tasks of mm_feature_pipeline that process only their run's data interval, and the arguments
+WINDOWED = {t: '${MMI_DATA_INTERVAL_END:+--start "$MMI_DATA_INTERVAL_START" --end "$MMI_DATA_INTERVAL_END"}'
+            for t in ("ingest", "behaviour", "interest_features")}
+WINDOWED["features_materialize"] = '${MMI_DATA_INTERVAL_END:+--end "$MMI_DATA_INTERVAL_END"}'
 # what a successful task of mm_feature_pipeline leaves behind (Delta tables, with their keys)
 TABLES = {"ingest": {"interactions": ["user_id", "item_id", "event_ts"], "items": ["item_id"],
                      "quarantine": ["source", "record_hash"]},
@@ -151,6 +157,12 @@ def test_every_task_runs_its_entry_point_with_the_logical_date(probe):
             task = probe["dags"][dag_id]["tasks"][task_id]
             cmd = task["bash_command"]
             assert task["type"] == "BashOperator" and task["cwd"] == str(REPO_ROOT)
+            windowed = dag_id == "mm_feature_pipeline" and task_id in WINDOWED
+            if windowed:  # the run's data interval: --start/--end (materialize: --end)
+                assert "data_interval_start" in task["env"]["MMI_DATA_INTERVAL_START"]
+                assert "data_interval_end" in task["env"]["MMI_DATA_INTERVAL_END"]
+                assert cmd.rstrip().endswith(WINDOWED[task_id]), (task_id, cmd)
+                cmd = cmd.rstrip().removesuffix(WINDOWED[task_id]).rstrip()
             if kind == "spark":
                 assert f'{venv_bin}/spark-submit --master "$MMI_SPARK_MASTER"' in cmd
                 assert cmd.rstrip().endswith(f" spark_jobs/{name}.py")
@@ -180,6 +192,14 @@ def test_every_task_runs_its_entry_point_with_the_logical_date(probe):
 
 N_RATINGS, N_POSTERS = 1500, 20
 DATE, OTHER_DATE = "2026-11-20", "2026-11-21"
+N_LATER = 30  # real ratings of the slice stamped on OTHER_DATE: due in that day's run only
+
+
+def _later_ratings() -> list[str]:
+    """The slice's first N_LATER ratings again (same users and items), at OTHER_DATE 12:00 + k s."""
+    noon = int(datetime.fromisoformat(f"{OTHER_DATE}T12:00:00+00:00").timestamp())
+    head = (REAL_DATASET / "ratings.csv").read_text().splitlines()[1: N_LATER + 1]
+    return [",".join(line.split(",")[:3] + [str(noon + k)]) for k, line in enumerate(head)]
 
 
 def _slice(root: Path, extra_ratings: list[str] = (), n_ratings: int = N_RATINGS,
@@ -253,7 +273,7 @@ def feature_run(tmp_path_factory):
     if PIPELINE_COMPLETE:
         assert not mark, f"entry points missing for {sorted(mark)}"
     root = tmp_path_factory.mktemp("feature_run")
-    home, dataset = root / "mmi", _slice(root / "data")
+    home, dataset = root / "mmi", _slice(root / "data", extra_ratings=_later_ratings())
     log = _run_pipeline(home, dataset, DATE, mark)
     tables = {name: keys for task in run for name, keys in TABLES.get(task, {}).items()}
     return {"home": home, "dataset": dataset, "log": log, "run": run, "mark": mark,
@@ -275,14 +295,28 @@ def test_feature_pipeline_runs_through_airflow(feature_run):
         assert (home / "feast" / "registry.db").is_file()
 
 
-def test_cleared_rerun_and_later_date_leave_the_same_tables(feature_run):
-    """Re-running the same logical date (dags test clears that run first), then a later date (what
-    a backfill over several dates runs, one date at a time): the tables come out the same."""
+def test_cleared_rerun_leaves_the_tables_and_a_later_date_adds_its_day(feature_run, spark, tmp_path):
+    """Re-running the same logical date (dags test clears that run first) leaves the same tables.
+    The next date (a backfill runs dates one at a time) admits that day's events only, and its
+    incremental behaviour and interest tables equal a full rebuild from the same inputs."""
+    from spark_jobs import behaviour, interest_features
+
     home, dataset, mark, tables = (feature_run[k] for k in ("home", "dataset", "mark", "tables"))
     _run_pipeline(home, dataset, DATE, mark)
     assert _snapshot(home, tables) == feature_run["snapshot"]
-    _run_pipeline(home, dataset, OTHER_DATE, mark)
-    assert _snapshot(home, tables) == feature_run["snapshot"]
+    log = _run_pipeline(home, dataset, OTHER_DATE, mark)
+    after = _snapshot(home, tables)
+    assert f"written {N_LATER:,} (interactions {N_LATER:,}, items 0, images 0)" in log
+    assert after["interactions"].num_rows == N_RATINGS + N_LATER
+    assert after["user_behaviour"] != feature_run["snapshot"]["user_behaviour"]
+    rebuilt = load_config(home=tmp_path / "mmi", spark_master="local[2]", spark_shuffle_partitions=2)
+    for name in ("interactions", "item_embeddings"):
+        shutil.copytree(home / "delta" / name, rebuilt.table(name))
+    behaviour.run(rebuilt, spark)
+    interest_features.run(rebuilt, spark)
+    derived = {"user_behaviour": TABLES["behaviour"]["user_behaviour"],
+               "interest_features": TABLES["interest_features"]["interest_features"]}
+    assert _snapshot(rebuilt.home, derived) == {t: after[t] for t in derived}
 
 
 def test_training_dag_runs_on_the_features(feature_run):
