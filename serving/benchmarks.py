@@ -188,7 +188,7 @@ def _server(bench, model_dir, tmp, fast_read: bool = True):
             except httpx.TransportError:
                 return False
 
-        if not poll(ready, timeout=120, interval=0.2):
+        if not poll(ready, timeout=300, interval=0.2):  # a loaded machine starts it slowly
             raise RuntimeError("mmi serve did not get ready:\n" + log_path.read_text()[-3000:])
         yield url, proc.pid
     finally:
@@ -337,7 +337,7 @@ def _plot(path, serve: dict, bare: dict):
            title=f"1 user, {CANDIDATES} candidates, T = 64, img + txt, Redis")
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
