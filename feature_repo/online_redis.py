@@ -52,7 +52,7 @@ class RedisReader:
         views = {r.split(":", 1)[0] for r in refs}
         if len(views) != 1:
             raise ValueError(f"refs of one feature view expected, got views {sorted(views)}")
-        key_of, fv_name, stored_key = self._view(views.pop(), join_key)
+        key_of, fv_name = self._view(views.pop(), join_key)
         names = [r.split(":", 1)[1] for r in refs]
         requested, fields = self._online._generate_hset_keys_for_features(
             None, list(names), fv_name_override=fv_name)
@@ -62,7 +62,7 @@ class RedisReader:
         return {name: [row[name] for row in decoded] for name in names}
 
     def _view(self, name: str, join_key: str) -> tuple:
-        """(id -> Redis key, stored view name, join key) of feature view `name`, from the registry."""
+        """(id -> Redis key, stored view name) of feature view `name`, from the registry."""
         if name not in self._views:
             fv = self.store.get_feature_view(name)
             entities = [self.store.get_entity(e) for e in fv.entities]
@@ -78,5 +78,5 @@ class RedisReader:
                 return _redis_key(project, EntityKeyProto(join_keys=[join_key],
                                                           entity_values=[proto]), version)
 
-            self._views[name] = (key_of, _versioned_fv_name(fv, self.config), join_key)
+            self._views[name] = (key_of, _versioned_fv_name(fv, self.config))
         return self._views[name]

@@ -174,8 +174,8 @@ def _server(bench, model_dir, tmp, fast_read: bool = True):
     log_path = tmp / f"serve-{model_dir.name}-{fast_read}.log"
     log = open(log_path, "wb")
     command = (["-m", "mminterest.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-               if fast_read else ["-c", f"from serving.benchmarks import _serve_feast_path; "
-                                        f"_serve_feast_path({port})"])
+               if fast_read else ["-c", ("from serving.benchmarks import _serve_feast_path; "
+                                         f"_serve_feast_path({port})")])
     proc = subprocess.Popen([sys.executable, *command], env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
