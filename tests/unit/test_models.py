@@ -513,3 +513,14 @@ def test_overfits_small_sample(name):
     with torch.no_grad():
         scores = model.eval()(batch)["logit"].numpy()
     assert auc(batch["label"].numpy(), scores) > 0.9
+
+
+def test_target_attention_is_the_mlp_over_the_concatenated_pair():
+    """The folded first layer scores exactly what MLP([q, k, q-k, q*k]) scores (the paper's unit)."""
+    torch.manual_seed(0)
+    att = TargetAttention(24, (80, 40), softmax=False).eval()
+    query, keys = torch.randn(200, 24), torch.randn(200, 64, 24)
+    mask = torch.rand(200, 64) > 0.3
+    q = query.unsqueeze(1).expand_as(keys)
+    paper = att.score(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1) * mask
+    torch.testing.assert_close(att.weights(query, keys, mask), paper, rtol=0, atol=1e-5)
