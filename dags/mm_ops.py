@@ -17,6 +17,7 @@ Every task sees the same environment:
   everything else of the worker's environment (MMI_HOME, MMI_DATASET_DIR, ...) unchanged
 Only the standard library and Airflow are imported here: DAG files must parse in milliseconds.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -30,14 +31,21 @@ REPO = Path(__file__).resolve().parents[1]
 LOGICAL_DATE = "{{ (dag_run.logical_date or dag_run.run_after).isoformat() }}"
 # dag_run.*: the context has no data_interval_* at all for a run without a logical date (a REST
 # or UI trigger without one); StrictUndefined would fail the task
-INTERVAL = {f"MMI_DATA_INTERVAL_{edge.upper()}":
-            f"{{{{ dag_run.data_interval_{edge}.isoformat() if dag_run.data_interval_{edge} else '' }}}}"
-            for edge in ("start", "end")}
+INTERVAL = {
+    f"MMI_DATA_INTERVAL_{edge.upper()}": (
+        f"{{{{ dag_run.data_interval_{edge}.isoformat() if dag_run.data_interval_{edge} else '' }}}}"
+    )
+    for edge in ("start", "end")
+}
 # the job's window arguments: none for a run without a data interval (the job then rebuilds whole)
-WINDOW = '${MMI_DATA_INTERVAL_END:+--start "$MMI_DATA_INTERVAL_START" --end "$MMI_DATA_INTERVAL_END"}'
+WINDOW = (
+    '${MMI_DATA_INTERVAL_END:+--start "$MMI_DATA_INTERVAL_START" --end "$MMI_DATA_INTERVAL_END"}'
+)
 WINDOW_END = '${MMI_DATA_INTERVAL_END:+--end "$MMI_DATA_INTERVAL_END"}'
-SPARK_MASTER = ("{{ conn.spark_default.host }}"
-                "{{ (':' ~ conn.spark_default.port) if conn.spark_default.port else '' }}")
+SPARK_MASTER = (
+    "{{ conn.spark_default.host }}"
+    "{{ (':' ~ conn.spark_default.port) if conn.spark_default.port else '' }}"
+)
 
 DEFAULT_ARGS = {
     "owner": "mminterest",
@@ -56,40 +64,59 @@ def _bin(venv: str) -> str:
 
 
 def _script(venv: str, what: str, command: str) -> str:
-    return "\n".join([
-        "set -euo pipefail",
-        f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}",
-        f"export PYSPARK_PYTHON={_bin(venv)}/python PYSPARK_DRIVER_PYTHON={_bin(venv)}/python",
-        f'echo "mminterest: {what} | logical date $MMI_LOGICAL_DATE | spark $MMI_SPARK_MASTER'
-        ' | home ${MMI_HOME:-default}"',
-        command,
-    ])
+    return "\n".join(
+        [
+            "set -euo pipefail",
+            f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}",
+            f"export PYSPARK_PYTHON={_bin(venv)}/python PYSPARK_DRIVER_PYTHON={_bin(venv)}/python",
+            f'echo "mminterest: {what} | logical date $MMI_LOGICAL_DATE | spark $MMI_SPARK_MASTER'
+            ' | home ${MMI_HOME:-default}"',
+            command,
+        ]
+    )
 
 
 def _task(task_id: str, script: str, timeout: timedelta, doc: str, **kwargs) -> BashOperator:
     return BashOperator(
-        task_id=task_id, bash_command=script, cwd=str(REPO), append_env=True,
-        env={"MMI_LOGICAL_DATE": LOGICAL_DATE, **INTERVAL, "MMI_SPARK_MASTER": SPARK_MASTER,
-             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-        execution_timeout=timeout, doc_md=doc, **kwargs)
+        task_id=task_id,
+        bash_command=script,
+        cwd=str(REPO),
+        append_env=True,
+        env={
+            "MMI_LOGICAL_DATE": LOGICAL_DATE,
+            **INTERVAL,
+            "MMI_SPARK_MASTER": SPARK_MASTER,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        },
+        execution_timeout=timeout,
+        doc_md=doc,
+        **kwargs,
+    )
 
 
-def spark_job(task_id: str, job: str, timeout: timedelta, doc: str, args: str = "",
-              **kwargs) -> BashOperator:
+def spark_job(
+    task_id: str, job: str, timeout: timedelta, doc: str, args: str = "", **kwargs
+) -> BashOperator:
     """`spark-submit spark_jobs/<job>.py [args]` on the `spark_default` master, with the config's
     driver memory (a session builder cannot set it once spark-submit has started the driver JVM)."""
     app, bin_dir = f"spark_jobs/{job}.py", _bin(".venv")
-    command = "\n".join([
-        f"mem=$({bin_dir}/python -c 'from mminterest.config import get_config; "
-        "print(get_config().spark_driver_memory)')",
-        f'exec {bin_dir}/spark-submit --master "$MMI_SPARK_MASTER" --driver-memory "$mem" --conf spark.log.level=WARN '
-        f"--name {{{{ dag.dag_id }}}}.{{{{ task.task_id }}}} {app}" + (f" {args}" if args else ""),
-    ])
+    command = "\n".join(
+        [
+            f"mem=$({bin_dir}/python -c 'from mminterest.config import get_config; "
+            "print(get_config().spark_driver_memory)')",
+            f'exec {bin_dir}/spark-submit --master "$MMI_SPARK_MASTER" --driver-memory "$mem" '
+            "--conf spark.log.level=WARN "
+            f"--name {{{{ dag.dag_id }}}}.{{{{ task.task_id }}}} {app}"
+            + (f" {args}" if args else ""),
+        ]
+    )
     return _task(task_id, _script(".venv", f"spark-submit {app}", command), timeout, doc, **kwargs)
 
 
-def mmi(task_id: str, args: str, timeout: timedelta, doc: str, venv: str = ".venv",
-        **kwargs) -> BashOperator:
+def mmi(
+    task_id: str, args: str, timeout: timedelta, doc: str, venv: str = ".venv", **kwargs
+) -> BashOperator:
     """`mmi <args>` of the environment `venv` (.venv: platform; .venv-train: petastorm input)."""
     command = f"exec {_bin(venv)}/mmi {args}"
     return _task(task_id, _script(venv, f"mmi {args}", command), timeout, doc, **kwargs)

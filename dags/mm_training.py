@@ -12,21 +12,24 @@
 Evaluate and promote name this DAG run's runs explicitly: a manual run beside it is never promoted.
 Every step sees the run's logical date as MMI_LOGICAL_DATE.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG
-
 from mm_ops import DEFAULT_ARGS, mmi
 
 CONTENT_MODEL = "dmae"  # the content-aware contender (training/README.md: the evidence)
-RUNS = {"din": "{{ run_id }}-din", CONTENT_MODEL: "{{ run_id }}-" + CONTENT_MODEL}  # run names of this DAG run
+RUNS = {
+    "din": "{{ run_id }}-din",
+    CONTENT_MODEL: "{{ run_id }}-" + CONTENT_MODEL,
+}  # run names of this DAG run
 
 with DAG(
     dag_id="mm_training",
     schedule="@weekly",
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=12),
@@ -34,15 +37,35 @@ with DAG(
     tags=["mminterest", "training"],
     doc_md=__doc__,
 ):
-    trainset_build = mmi("trainset_build", "trainset build", timedelta(hours=2),
-                         "Feast point-in-time join -> Parquet training set")
-    train = [mmi(f"train_{'din' if model == 'din' else 'content'}", f'train --model {model} --run-name "{name}"',
-                 timedelta(hours=6), f"train {model} to convergence") for model, name in RUNS.items()]
+    trainset_build = mmi(
+        "trainset_build",
+        "trainset build",
+        timedelta(hours=2),
+        "Feast point-in-time join -> Parquet training set",
+    )
+    train = [
+        mmi(
+            f"train_{'din' if model == 'din' else 'content'}",
+            f'train --model {model} --run-name "{name}"',
+            timedelta(hours=6),
+            f"train {model} to convergence",
+        )
+        for model, name in RUNS.items()
+    ]
     named = " ".join(f'"{name}"' for name in RUNS.values())
-    evaluate = mmi("evaluate", f"evaluate --run {named}", timedelta(hours=1),
-                   "score both candidates on the validation split")
-    promote = mmi("promote", f"promote --run {named}", timedelta(minutes=15),
-                  "promote the better candidate only if it beats the promoted model on validation",
-                  retries=0, skip_on_exit_code=99)
+    evaluate = mmi(
+        "evaluate",
+        f"evaluate --run {named}",
+        timedelta(hours=1),
+        "score both candidates on the validation split",
+    )
+    promote = mmi(
+        "promote",
+        f"promote --run {named}",
+        timedelta(minutes=15),
+        "promote the better candidate only if it beats the promoted model on validation",
+        retries=0,
+        skip_on_exit_code=99,
+    )
 
     trainset_build >> train >> evaluate >> promote

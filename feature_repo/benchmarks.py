@@ -1,4 +1,5 @@
 """Benchmarks of the feature store (light module: heavy imports happen inside each function)."""
+
 from __future__ import annotations
 
 import time
@@ -32,17 +33,27 @@ def historical_features() -> dict:
         repo.apply(store)
         service = store.get_feature_service("ctr_training")
         entities = _labelled_rows(cfg)
-        (feast_s, frame), (base_s, baseline) = _best_of(3, [
-            lambda: get_training_frame(store, entities, service),
-            lambda: _merge_asof_baseline(cfg, store, entities, service)])
-        equal = _same_features(frame, baseline, [f.name for p in service.feature_view_projections
-                                                 for f in p.features])
+        (feast_s, frame), (base_s, baseline) = _best_of(
+            3,
+            [
+                lambda: get_training_frame(store, entities, service),
+                lambda: _merge_asof_baseline(cfg, store, entities, service),
+            ],
+        )
+        equal = _same_features(
+            frame, baseline, [f.name for p in service.feature_view_projections for f in p.features]
+        )
     rows = len(entities)
-    return {"data": data, "rows": rows, "features": sum(len(p.features) for p in
-                                                         service.feature_view_projections),
-            "feast_rows_per_s": round(rows / feast_s), "merge_asof_rows_per_s": round(rows / base_s),
-            "ratio_feast_over_merge_asof": round(base_s / feast_s, 3), "goal_ratio": 0.5,
-            "same_values": equal}
+    return {
+        "data": data,
+        "rows": rows,
+        "features": sum(len(p.features) for p in service.feature_view_projections),
+        "feast_rows_per_s": round(rows / feast_s),
+        "merge_asof_rows_per_s": round(rows / base_s),
+        "ratio_feast_over_merge_asof": round(base_s / feast_s, 3),
+        "goal_ratio": 0.5,
+        "same_values": equal,
+    }
 
 
 def _best_of(n: int, contenders: list) -> list[tuple[float, object]]:
@@ -68,22 +79,34 @@ def _feature_tables(cfg, tmp):
     from feature_repo import synthetic
 
     interactions = DeltaTable(cfg.table("interactions")).to_pandas(
-        columns=["user_id", "item_id", "event_ts", "label"])
+        columns=["user_id", "item_id", "event_ts", "label"]
+    )
     items = DeltaTable(cfg.table("items")).to_pandas(
-        columns=["item_id", "image_path", "first_seen_ts"])
-    items = items.assign(valid_from_ts=items["first_seen_ts"].fillna(interactions["event_ts"].max()))
+        columns=["item_id", "image_path", "first_seen_ts"]
+    )
+    items = items.assign(
+        valid_from_ts=items["first_seen_ts"].fillna(interactions["event_ts"].max())
+    )
     made = cfg.model_copy(update={"home": tmp})
-    synthetic.write_tables(made, interactions, DIMS, items=items,
-                           without_img=items.loc[items["image_path"].isna(), "item_id"])
-    return made, (f"ingested interactions ({len(interactions):,}) and items, behaviour and "
-                  "interest tables derived from them; RANDOM item vectors (embedding job not run)")
+    synthetic.write_tables(
+        made,
+        interactions,
+        DIMS,
+        items=items,
+        without_img=items.loc[items["image_path"].isna(), "item_id"],
+    )
+    return made, (
+        f"ingested interactions ({len(interactions):,}) and items, behaviour and "
+        "interest tables derived from them; RANDOM item vectors (embedding job not run)"
+    )
 
 
 def _labelled_rows(cfg):
     from deltalake import DeltaTable
 
-    rows = DeltaTable(cfg.table("interest_features")).to_pandas(columns=["user_id", "item_id",
-                                                                         "event_ts"])
+    rows = DeltaTable(cfg.table("interest_features")).to_pandas(
+        columns=["user_id", "item_id", "event_ts"]
+    )
     return rows.rename(columns={"event_ts": "event_timestamp"})
 
 
@@ -98,10 +121,17 @@ def _merge_asof_baseline(cfg, store, entities, service):
         view = store.get_feature_view(projection.name)
         keys, ts = [c.name for c in view.entity_columns], view.batch_source.timestamp_field
         table = DeltaTable(cfg.table(projection.name)).to_pandas(
-            columns=keys + [ts] + [f.name for f in projection.features])
+            columns=keys + [ts] + [f.name for f in projection.features]
+        )
         table[ts] = table[ts].astype(out["event_timestamp"].dtype)
-        out = pd.merge_asof(out, table.sort_values(ts), left_on="event_timestamp", right_on=ts,
-                            by=keys, direction="backward").drop(columns=ts)
+        out = pd.merge_asof(
+            out,
+            table.sort_values(ts),
+            left_on="event_timestamp",
+            right_on=ts,
+            by=keys,
+            direction="backward",
+        ).drop(columns=ts)
     return out.sort_values("__pos").drop(columns="__pos").reset_index(drop=True)
 
 
@@ -114,5 +144,8 @@ def _same_features(a, b, columns, sample: int = 2000) -> bool:
         return v is None or (np.isscalar(v) and pd.isna(v))
 
     idx = np.random.default_rng(0).choice(len(a), size=min(sample, len(a)), replace=False)
-    return all(null(x) == null(y) and (null(x) or np.array_equal(x, y))
-               for c in columns for x, y in zip(a[c].iloc[idx], b[c].iloc[idx]))
+    return all(
+        null(x) == null(y) and (null(x) or np.array_equal(x, y))
+        for c in columns
+        for x, y in zip(a[c].iloc[idx], b[c].iloc[idx])
+    )

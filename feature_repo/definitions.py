@@ -4,6 +4,7 @@ Feast imports each repository file by its bare name (`entities`, not `feature_re
 definition module read that way would be a second copy of its objects next to the one the others
 import. The definitions therefore live in their own modules and are only re-exported here.
 """
+
 from feature_repo.entities import item, user  # noqa: F401
 from feature_repo.feature_services import ctr_serving, ctr_training  # noqa: F401
 from feature_repo.feature_views import (  # noqa: F401

@@ -16,6 +16,7 @@ guards Trap 2 for any store). Non-Delta sources fall back to the stock store.
 
 Named by its class path in feature_repo/feature_store.yaml (`offline_store: {type: CLASS_PATH}`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -48,7 +49,8 @@ class DeltaOfflineStoreConfig(DaskOfflineStoreConfig):
     """Offline store config: the file store's, under this store's class path."""
 
     type: Literal["feature_repo.delta_offline_store.DeltaOfflineStore"] = (  # type: ignore[assignment]
-        CLASS_PATH)
+        CLASS_PATH
+    )
 
 
 def is_delta(source) -> bool:
@@ -68,10 +70,13 @@ def live_dataset(path: str) -> pads.Dataset:
 class FrameRetrievalJob(RetrievalJob):
     """A lazy retrieval whose evaluation returns a pandas DataFrame or an Arrow table."""
 
-    def __init__(self, evaluate: Callable[[], pd.DataFrame | pa.Table],
-                 full_feature_names: bool = False,
-                 on_demand_feature_views: Sequence[OnDemandFeatureView] = (),
-                 metadata: RetrievalMetadata | None = None):
+    def __init__(
+        self,
+        evaluate: Callable[[], pd.DataFrame | pa.Table],
+        full_feature_names: bool = False,
+        on_demand_feature_views: Sequence[OnDemandFeatureView] = (),
+        metadata: RetrievalMetadata | None = None,
+    ):
         self._evaluate = evaluate
         self._full_feature_names = full_feature_names
         self._on_demand_feature_views = list(on_demand_feature_views)
@@ -111,14 +116,29 @@ class DeltaOfflineStore(DaskOfflineStore):
     """File offline store that reads only the live files of Delta sources."""
 
     @staticmethod
-    def get_historical_features(config, feature_views: list[FeatureView], feature_refs: list[str],
-                                entity_df, registry, project: str, full_feature_names: bool = False,
-                                **kwargs) -> RetrievalJob:
+    def get_historical_features(
+        config,
+        feature_views: list[FeatureView],
+        feature_refs: list[str],
+        entity_df,
+        registry,
+        project: str,
+        full_feature_names: bool = False,
+        **kwargs,
+    ) -> RetrievalJob:
         if not isinstance(entity_df, pd.DataFrame) or not all(
-                is_delta(fv.batch_source) for fv in feature_views):
+            is_delta(fv.batch_source) for fv in feature_views
+        ):
             return DaskOfflineStore.get_historical_features(
-                config, feature_views, feature_refs, entity_df, registry, project,
-                full_feature_names, **kwargs)
+                config,
+                feature_views,
+                feature_refs,
+                entity_df,
+                registry,
+                project,
+                full_feature_names,
+                **kwargs,
+            )
         ts_col = _entity_timestamp_column(entity_df)
         odfvs = _get_requested_on_demand_feature_views(feature_refs, project, registry)
         views, _ = _get_requested_feature_views_to_features_dict(feature_refs, feature_views, odfvs)
@@ -128,46 +148,96 @@ class DeltaOfflineStore(DaskOfflineStore):
             entities[ts_col] = as_utc(entities[ts_col]).astype(_UTC_NS)
             columns = {}
             for fv, features in views.items():
-                columns.update(_join_view(entities, ts_col, fv, features, config.repo_path,
-                                          full_feature_names))
+                columns.update(
+                    _join_view(entities, ts_col, fv, features, config.repo_path, full_feature_names)
+                )
             return pd.concat([entities, pd.DataFrame(columns)], axis=1)
 
         ts = as_utc(entity_df[ts_col])
-        metadata = RetrievalMetadata(features=feature_refs, keys=[c for c in entity_df.columns
-                                                                  if c != ts_col],
-                                     min_event_timestamp=ts.min().to_pydatetime(),
-                                     max_event_timestamp=ts.max().to_pydatetime())
-        return FrameRetrievalJob(evaluate, full_feature_names,
-                                 OnDemandFeatureView.get_requested_odfvs(feature_refs, project,
-                                                                         registry), metadata)
+        metadata = RetrievalMetadata(
+            features=feature_refs,
+            keys=[c for c in entity_df.columns if c != ts_col],
+            min_event_timestamp=ts.min().to_pydatetime(),
+            max_event_timestamp=ts.max().to_pydatetime(),
+        )
+        return FrameRetrievalJob(
+            evaluate,
+            full_feature_names,
+            OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry),
+            metadata,
+        )
 
     @staticmethod
-    def pull_latest_from_table_or_query(config, data_source, join_key_columns: list[str],
-                                        feature_name_columns: list[str], timestamp_field: str,
-                                        created_timestamp_column: str | None,
-                                        start_date: datetime | None = None,
-                                        end_date: datetime | None = None) -> RetrievalJob:
+    def pull_latest_from_table_or_query(
+        config,
+        data_source,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+    ) -> RetrievalJob:
         if not is_delta(data_source):
             return DaskOfflineStore.pull_latest_from_table_or_query(
-                config, data_source, join_key_columns, feature_name_columns, timestamp_field,
-                created_timestamp_column, start_date, end_date)
-        return FrameRetrievalJob(lambda: _pull(
-            config, data_source, join_key_columns, feature_name_columns, timestamp_field,
-            created_timestamp_column, start_date, end_date, latest=True))
+                config,
+                data_source,
+                join_key_columns,
+                feature_name_columns,
+                timestamp_field,
+                created_timestamp_column,
+                start_date,
+                end_date,
+            )
+        return FrameRetrievalJob(
+            lambda: _pull(
+                config,
+                data_source,
+                join_key_columns,
+                feature_name_columns,
+                timestamp_field,
+                created_timestamp_column,
+                start_date,
+                end_date,
+                latest=True,
+            )
+        )
 
     @staticmethod
-    def pull_all_from_table_or_query(config, data_source, join_key_columns: list[str],
-                                     feature_name_columns: list[str], timestamp_field: str,
-                                     created_timestamp_column: str | None = None,
-                                     start_date: datetime | None = None,
-                                     end_date: datetime | None = None) -> RetrievalJob:
+    def pull_all_from_table_or_query(
+        config,
+        data_source,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+    ) -> RetrievalJob:
         if not is_delta(data_source):
             return DaskOfflineStore.pull_all_from_table_or_query(
-                config, data_source, join_key_columns, feature_name_columns, timestamp_field,
-                created_timestamp_column, start_date, end_date)
-        return FrameRetrievalJob(lambda: _pull(
-            config, data_source, join_key_columns, feature_name_columns, timestamp_field,
-            created_timestamp_column, start_date, end_date, latest=False))
+                config,
+                data_source,
+                join_key_columns,
+                feature_name_columns,
+                timestamp_field,
+                created_timestamp_column,
+                start_date,
+                end_date,
+            )
+        return FrameRetrievalJob(
+            lambda: _pull(
+                config,
+                data_source,
+                join_key_columns,
+                feature_name_columns,
+                timestamp_field,
+                created_timestamp_column,
+                start_date,
+                end_date,
+                latest=False,
+            )
+        )
 
     @staticmethod
     def offline_write_batch(config, feature_view, table, progress):
@@ -182,8 +252,10 @@ def _entity_timestamp_column(entity_df: pd.DataFrame) -> str:
         return DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
     datetimes = entity_df.select_dtypes(include=["datetime", "datetimetz"]).columns
     if len(datetimes) != 1:
-        raise ValueError(f"entity_df needs a column {DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL!r} "
-                         "or exactly one datetime column")
+        raise ValueError(
+            f"entity_df needs a column {DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL!r} "
+            "or exactly one datetime column"
+        )
     return datetimes[0]
 
 
@@ -200,8 +272,14 @@ def _ts_scalar(value) -> pa.Scalar:
     return pa.scalar(stamp, type=pa.timestamp("us", tz="UTC"))
 
 
-def _join_view(entities: pd.DataFrame, ts_col: str, fv: FeatureView, features: list[str],
-               repo_path, full_feature_names: bool) -> dict[str, np.ndarray]:
+def _join_view(
+    entities: pd.DataFrame,
+    ts_col: str,
+    fv: FeatureView,
+    features: list[str],
+    repo_path,
+    full_feature_names: bool,
+) -> dict[str, np.ndarray]:
     """Point-in-time join of one feature view: its requested columns, aligned to `entities`.
 
     merge_asof runs on keys and timestamps only; feature values are then gathered by row number
@@ -212,26 +290,40 @@ def _join_view(entities: pd.DataFrame, ts_col: str, fv: FeatureView, features: l
     keys = [fv.projection.join_key_map.get(k, k) for k in source_keys]
     ttl = pd.Timedelta(fv.ttl) if fv.ttl and fv.ttl.total_seconds() > 0 else None
     table = live_dataset(source_path(source, repo_path)).to_table(
-        columns=list(dict.fromkeys(source_keys + [source.timestamp_field]
-                                   + [source_cols.get(f, f) for f in features])))
+        columns=list(
+            dict.fromkeys(
+                source_keys + [source.timestamp_field] + [source_cols.get(f, f) for f in features]
+            )
+        )
+    )
 
     right = pd.DataFrame({key: table[sk].to_numpy() for sk, key in zip(source_keys, keys)})
-    right["__fts"] = pd.to_datetime(table[source.timestamp_field].to_numpy(), utc=True).astype(_UTC_NS)
+    right["__fts"] = pd.to_datetime(table[source.timestamp_field].to_numpy(), utc=True).astype(
+        _UTC_NS
+    )
     right["__row"] = np.arange(len(right), dtype="float64")
     for key in keys:
         right[key] = right[key].astype(entities[key].dtype)
     left = entities[keys + [ts_col]].assign(__pos=np.arange(len(entities)))
-    matched = pd.merge_asof(left.sort_values(ts_col, kind="stable"),
-                            right.sort_values("__fts", kind="stable"), left_on=ts_col,
-                            right_on="__fts", by=keys, direction="backward", tolerance=ttl)
+    matched = pd.merge_asof(
+        left.sort_values(ts_col, kind="stable"),
+        right.sort_values("__fts", kind="stable"),
+        left_on=ts_col,
+        right_on="__fts",
+        by=keys,
+        direction="backward",
+        tolerance=ttl,
+    )
     rows = np.full(len(entities), np.nan)
     rows[matched["__pos"].to_numpy()] = matched["__row"].to_numpy()
     missing = np.isnan(rows)
     rows = np.where(missing, 0, rows).astype(np.int64)
     values = table.select([source_cols.get(f, f) for f in features]).to_pandas()
     prefix = f"{fv.projection.name_to_use()}__" if full_feature_names else ""
-    return {prefix + f: _gather(values[source_cols.get(f, f)].to_numpy(), rows, missing)
-            for f in features}
+    return {
+        prefix + f: _gather(values[source_cols.get(f, f)].to_numpy(), rows, missing)
+        for f in features
+    }
 
 
 def _gather(values: np.ndarray, rows: np.ndarray, missing: np.ndarray) -> np.ndarray:
@@ -246,9 +338,17 @@ def _gather(values: np.ndarray, rows: np.ndarray, missing: np.ndarray) -> np.nda
     return out
 
 
-def _pull(config, source: FileSource, join_keys: list[str], features: list[str], ts_field: str,
-          created_field: str | None, start: datetime | None, end: datetime | None,
-          latest: bool) -> pa.Table:
+def _pull(
+    config,
+    source: FileSource,
+    join_keys: list[str],
+    features: list[str],
+    ts_field: str,
+    created_field: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    latest: bool,
+) -> pa.Table:
     """Rows of a Delta source with start <= ts <= end; with `latest`, the newest per key."""
     ts_fields = [ts_field] + ([created_field] if created_field else [])
     where = None
@@ -258,7 +358,8 @@ def _pull(config, source: FileSource, join_keys: list[str], features: list[str],
         upper = pc.field(ts_field) <= _ts_scalar(end)
         where = upper if where is None else where & upper
     table = live_dataset(source_path(source, config.repo_path)).to_table(
-        columns=list(dict.fromkeys(join_keys + features + ts_fields)), filter=where)
+        columns=list(dict.fromkeys(join_keys + features + ts_fields)), filter=where
+    )
     if latest and join_keys and table.num_rows:
         order = table.select(join_keys + ts_fields).to_pandas()
         newest = order.sort_values(ts_fields, kind="stable").drop_duplicates(join_keys, keep="last")

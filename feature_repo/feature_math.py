@@ -20,6 +20,7 @@ Conventions (CONTRACTS.md):
   float32, and bins are taken from that float32 score, so a row gets the same features whether
   it is computed in a Spark chunk of thousands of rows or in an online batch of 200.
 """
+
 from __future__ import annotations
 
 import operator
@@ -38,8 +39,9 @@ def _norms(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sqrt(np.where(ok, sq, 1.0)), ok
 
 
-def similarity_scores(target: np.ndarray, history: np.ndarray,
-                      mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def similarity_scores(
+    target: np.ndarray, history: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores r = (cos + 1) / 2, (B, T) float32, 0 where not valid; valid (B, T) bool: masked in
     and both vectors non-zero and finite).
 
@@ -50,12 +52,15 @@ def similarity_scores(target: np.ndarray, history: np.ndarray,
     history = np.asarray(history)
     mask = np.asarray(mask, dtype=bool)
     if target.ndim != 2 or history.ndim != 3 or mask.ndim != 2:
-        raise ValueError(f"expected target (B, d), history (B, T, d), mask (B, T); got "
-                         f"{target.shape}, {history.shape}, {mask.shape}")
+        raise ValueError(
+            f"expected target (B, d), history (B, T, d), mask (B, T); got "
+            f"{target.shape}, {history.shape}, {mask.shape}"
+        )
     B, T, d = history.shape
     if target.shape != (B, d) or mask.shape != (B, T):
-        raise ValueError(f"shape mismatch: target {target.shape}, history {history.shape}, "
-                         f"mask {mask.shape}")
+        raise ValueError(
+            f"shape mismatch: target {target.shape}, history {history.shape}, mask {mask.shape}"
+        )
     # float64 accumulation, rounded once to float32; a vector that is zero or non-finite is
     # masked (its NaN/inf dot products are never read)
     t = np.ascontiguousarray(target, dtype=np.float64)
@@ -77,8 +82,9 @@ def similarity_scores(target: np.ndarray, history: np.ndarray,
     return r, valid
 
 
-def interest_distribution(scores: np.ndarray, mask: np.ndarray, l: int = 10,
-                          n: int = 10) -> np.ndarray:
+def interest_distribution(
+    scores: np.ndarray, mask: np.ndarray, l: int = 10, n: int = 10
+) -> np.ndarray:
     """Interest distribution (B, l, n) float32: p_ij = #{valid positions in time slice i with
     score in bin j} / T, T = scores.shape[1], slice i = positions [i*T/l, (i+1)*T/l). Scores are
     clipped to [0, 1]; non-finite ones count as masked. Raises ValueError unless 1 <= l <= T
@@ -86,15 +92,18 @@ def interest_distribution(scores: np.ndarray, mask: np.ndarray, l: int = 10,
     scores = np.asarray(scores)
     mask = np.asarray(mask, dtype=bool)
     if scores.ndim != 2 or mask.shape != scores.shape:
-        raise ValueError(f"expected scores and mask of one (B, T) shape; got {scores.shape}, "
-                         f"{mask.shape}")
+        raise ValueError(
+            f"expected scores and mask of one (B, T) shape; got {scores.shape}, {mask.shape}"
+        )
     l, n = operator.index(l), operator.index(n)  # TypeError for 2.5, not a silent 2
     B, T = scores.shape
     if l < 1 or n < 1:
         raise ValueError(f"time slices l and similarity bins n must be >= 1; got l={l}, n={n}")
     if T < l:
-        raise ValueError(f"history length T={T} is shorter than the number of time slices l={l}: "
-                         f"slice i covers positions [i*T/l, (i+1)*T/l), so some would be empty")
+        raise ValueError(
+            f"history length T={T} is shorter than the number of time slices l={l}: "
+            f"slice i covers positions [i*T/l, (i+1)*T/l), so some would be empty"
+        )
     r = scores.astype(np.float32)
     valid = mask & np.isfinite(r)
     r = np.where(valid, r, np.float32(0))
@@ -105,9 +114,13 @@ def interest_distribution(scores: np.ndarray, mask: np.ndarray, l: int = 10,
     return (counts.astype(np.float32) / np.float32(T)).reshape(B, l, n)
 
 
-def target_features(target_vecs: Mapping[str, np.ndarray], history_vecs: Mapping[str, np.ndarray],
-                    history_masks: Mapping[str, np.ndarray], l: int = 10,
-                    n: int = 10) -> dict[str, np.ndarray]:
+def target_features(
+    target_vecs: Mapping[str, np.ndarray],
+    history_vecs: Mapping[str, np.ndarray],
+    history_masks: Mapping[str, np.ndarray],
+    l: int = 10,
+    n: int = 10,
+) -> dict[str, np.ndarray]:
     """Per modality m of `target_vecs`: `sim_{m}` (B, T) float32, `sim_mask_{m}` (B, T) bool (real
     position and both vectors present) and `dist_{m}` (B, l, n) float32.
 
@@ -125,8 +138,9 @@ def target_features(target_vecs: Mapping[str, np.ndarray], history_vecs: Mapping
     return out
 
 
-def stack_ragged(offsets: np.ndarray, values: np.ndarray, T: int,
-                 fill=0) -> tuple[np.ndarray, np.ndarray]:
+def stack_ragged(
+    offsets: np.ndarray, values: np.ndarray, T: int, fill=0
+) -> tuple[np.ndarray, np.ndarray]:
     """Arrow list layout -> right-padded (B, T, *values.shape[1:]) array and (B, T) mask.
 
     Row b is values[offsets[b]:offsets[b+1]] (offsets (B+1,), absolute into `values`, as pyarrow's
@@ -143,4 +157,3 @@ def stack_ragged(offsets: np.ndarray, values: np.ndarray, T: int,
     src = (offsets[:-1, None] + np.arange(T)[None, :])[mask]
     out[mask] = values[src]
     return out, mask
-

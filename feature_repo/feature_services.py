@@ -1,4 +1,5 @@
 """Feature services: what a training set holds, and what the online ranker reads."""
+
 from feast import FeatureService
 
 from feature_repo.feature_views import interest_features, item_embeddings, user_behaviour

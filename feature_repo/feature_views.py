@@ -2,6 +2,7 @@
 
 The fields are derived from the Arrow schemas of mminterest/schemas.py (the one schema source).
 """
+
 from datetime import timedelta
 
 import pyarrow as pa
@@ -16,8 +17,14 @@ from feature_repo.sources import (
 )
 from mminterest import schemas
 
-_SCALARS = {pa.int64(): Int64, pa.int32(): Int32, pa.float32(): Float32, pa.float64(): Float64,
-            pa.string(): String, pa.bool_(): Bool}
+_SCALARS = {
+    pa.int64(): Int64,
+    pa.int32(): Int32,
+    pa.float32(): Float32,
+    pa.float64(): Float64,
+    pa.string(): String,
+    pa.bool_(): Bool,
+}
 
 
 def feast_type(arrow: pa.DataType) -> FeastType:
@@ -31,19 +38,28 @@ def feast_type(arrow: pa.DataType) -> FeastType:
 
 def fields(table: str, columns: list[str]) -> list[Field]:
     """Feast fields of `columns` of `table`, typed and described by mminterest/schemas.py."""
-    return [Field(name=f.name, dtype=feast_type(f.type), description=schemas.description(f))
-            for f in schemas.schema(table, columns)]
+    return [
+        Field(name=f.name, dtype=feast_type(f.type), description=schemas.description(f))
+        for f in schemas.schema(table, columns)
+    ]
 
 
 item_embeddings = FeatureView(
-    name="item_embeddings", entities=[item], ttl=timedelta(0), online=True,
+    name="item_embeddings",
+    entities=[item],
+    ttl=timedelta(0),
+    online=True,
     source=item_embeddings_source,
-    schema=fields("item_embeddings", ["item_id", "encoder_version", *schemas.VECTORS, "has_img",
-                                      "category"]),
+    schema=fields(
+        "item_embeddings", ["item_id", "encoder_version", *schemas.VECTORS, "has_img", "category"]
+    ),
 )
 
 user_behaviour = FeatureView(
-    name="user_behaviour", entities=[user], ttl=timedelta(0), online=True,
+    name="user_behaviour",
+    entities=[user],
+    ttl=timedelta(0),
+    online=True,
     source=user_behaviour_source,
     schema=fields("user_behaviour", ["user_id", "hist_item_ids", "hist_ts", "hist_len"]),
 )
@@ -51,9 +67,18 @@ user_behaviour = FeatureView(
 # Offline only: one row per labelled (user, item, ts). Online, the ranker computes the same
 # features at request time with feature_math (feature_repo/online.py).
 interest_features = FeatureView(
-    name="interest_features", entities=[user, item], ttl=timedelta(0), online=False,
+    name="interest_features",
+    entities=[user, item],
+    ttl=timedelta(0),
+    online=False,
     source=interest_features_source,
-    schema=fields("interest_features", ["user_id", "item_id", "hist_len",
-                                        *[f"{k}_{m}" for k in ("sim", "sim_mask", "dist")
-                                          for m in schemas.MODALITIES]]),
+    schema=fields(
+        "interest_features",
+        [
+            "user_id",
+            "item_id",
+            "hist_len",
+            *[f"{k}_{m}" for k in ("sim", "sim_mask", "dist") for m in schemas.MODALITIES],
+        ],
+    ),
 )

@@ -6,11 +6,12 @@ timestamp column only). lag = end - newest. Past `max_feature_lag_hours` (> 0) t
 a view with no row before `end` has no freshness at all and fails too. The report is printed as
 one line and written to <home>/reports/freshness.json.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,7 +49,11 @@ class Freshness:
         return [v for v in self.views if v.lag_hours is None or v.lag_hours > self.max_lag_hours]
 
     def line(self) -> str:
-        limit = f"max_feature_lag_hours={self.max_lag_hours:g}" if self.max_lag_hours > 0 else "no lag limit"
+        limit = (
+            f"max_feature_lag_hours={self.max_lag_hours:g}"
+            if self.max_lag_hours > 0
+            else "no lag limit"
+        )
         views = ", ".join(v.text() for v in self.views) or "no online views"
         verdict = f"STALE: {', '.join(v.view for v in self.stale)}" if self.stale else "ok"
         return f"freshness at {self.end:%Y-%m-%d %H:%M:%S}: {views}; {limit}: {verdict}"
@@ -59,9 +64,11 @@ def newest_before(path: str, column: str, end: datetime) -> datetime | None:
     data = DeltaTable(path).to_pyarrow_dataset()
     col_type = data.schema.field(column).type
     bound = pa.scalar(end if col_type.tz else end.replace(tzinfo=None), type=col_type)
-    newest = pc.max(data.to_table(columns=[column], filter=ds.field(column) < bound)[column]).as_py()
+    newest = pc.max(
+        data.to_table(columns=[column], filter=ds.field(column) < bound)[column]
+    ).as_py()
     if newest is not None and newest.tzinfo is None:
-        newest = newest.replace(tzinfo=timezone.utc)
+        newest = newest.replace(tzinfo=UTC)
     return newest
 
 
@@ -82,11 +89,15 @@ def report(freshness: Freshness, reports_dir: Path) -> Path:
     """Write the report to reports_dir/freshness.json; raise StaleFeaturesError when stale."""
     path = reports_dir / "freshness.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**asdict(freshness), "stale": [v.view for v in freshness.stale]},
-                               indent=1, default=str))
+    path.write_text(
+        json.dumps(
+            {**asdict(freshness), "stale": [v.view for v in freshness.stale]}, indent=1, default=str
+        )
+    )
     if freshness.stale:
         raise StaleFeaturesError(
             f"stale online features: {', '.join(v.text() for v in freshness.stale)} at "
             f"{freshness.end:%Y-%m-%d %H:%M:%S}, above max_feature_lag_hours={freshness.max_lag_hours:g} "
-            f"(report {path})")
+            f"(report {path})"
+        )
     return path

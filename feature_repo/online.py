@@ -14,6 +14,7 @@ entity keys of the request row only, so an on-demand view would still need a sec
 by the history's item ids, done outside Feast, and then runs per row in Python; here one batched
 numpy call covers all candidates against the one history.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,13 @@ class ItemVectors:
     attrs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_rows(cls, ids, rows: dict[str, Sequence], dims: dict[str, int] | None = None,
-                  attrs: dict[str, Sequence] | None = None) -> ItemVectors:
+    def from_rows(
+        cls,
+        ids,
+        rows: dict[str, Sequence],
+        dims: dict[str, int] | None = None,
+        attrs: dict[str, Sequence] | None = None,
+    ) -> ItemVectors:
         """Build from per-field sequences aligned with `ids` (None = absent). `dims` gives the
         width of a field none of whose rows is present (else 0); `attrs` are per-item values."""
         ids = np.asarray(ids, dtype=np.int64)
@@ -52,7 +58,9 @@ class ItemVectors:
         vecs, present = {}, {}
         for field, values in rows.items():
             has = np.fromiter((v is not None and len(v) > 0 for v in values), bool, len(ids))
-            width = len(next((v for v, h in zip(values, has) if h), ())) or (dims or {}).get(field, 0)
+            width = len(next((v for v, h in zip(values, has) if h), ())) or (dims or {}).get(
+                field, 0
+            )
             out = np.zeros((len(ids), width), dtype=np.float32)
             if has.any():
                 out[has] = np.asarray([v for v, h in zip(values, has) if h], dtype=np.float32)
@@ -64,16 +72,19 @@ class ItemVectors:
             values[name] = values[name][order]
         return cls(ids[order], vecs, present, values)
 
-    def take(self, item_ids, fields: Sequence[str] | None = None
-             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def take(
+        self, item_ids, fields: Sequence[str] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(vectors, presence) per field (default: all) for `item_ids`, in that order; unknown ids
         are absent."""
         item_ids = np.asarray(item_ids, dtype=np.int64)
         fields = list(self.vecs) if fields is None else fields
         if not len(self.ids):
             none = np.zeros(len(item_ids), bool)
-            return ({f: np.zeros((len(item_ids), self.vecs[f].shape[1]), np.float32)
-                     for f in fields}, {f: none for f in fields})
+            return (
+                {f: np.zeros((len(item_ids), self.vecs[f].shape[1]), np.float32) for f in fields},
+                {f: none for f in fields},
+            )
         pos = np.minimum(np.searchsorted(self.ids, item_ids), len(self.ids) - 1)
         hit = self.ids[pos] == item_ids
         present = {f: self.present[f][pos] & hit for f in fields}
@@ -133,35 +144,53 @@ def target_inputs(vectors: ItemVectors, item_ids, hist_ids, hist_mask) -> dict[s
     for m in MODALITIES:
         hist_vecs = history[m].reshape(np.shape(hist_ids) + history[m].shape[-1:])
         valid = np.asarray(hist_mask) & history_has[m].reshape(np.shape(hist_ids))
-        out[m] = (target[m], np.broadcast_to(hist_vecs, shape + hist_vecs.shape[-1:]),
-                  target_has[m][:, None] & np.broadcast_to(valid, shape))
+        out[m] = (
+            target[m],
+            np.broadcast_to(hist_vecs, shape + hist_vecs.shape[-1:]),
+            target_has[m][:, None] & np.broadcast_to(valid, shape),
+        )
     return out
 
 
-def candidate_features(user_id: int, hist_item_ids: Sequence[int], item_ids: Sequence[int],
-                       vectors: ItemVectors, seq_len: int, time_slices: int,
-                       sim_bins: int) -> CandidateFeatures:
+def candidate_features(
+    user_id: int,
+    hist_item_ids: Sequence[int],
+    item_ids: Sequence[int],
+    vectors: ItemVectors,
+    seq_len: int,
+    time_slices: int,
+    sim_bins: int,
+) -> CandidateFeatures:
     """Assemble one user's history against B candidates and compute the target-dependent
     features with feature_math (the one definition shared with the offline job)."""
     items = np.asarray(item_ids, dtype=np.int64)
     hist = np.zeros(seq_len, dtype=np.int64)
     real = np.asarray(hist_item_ids, dtype=np.int64)[:seq_len]
-    hist[:len(real)] = real
+    hist[: len(real)] = real
     hist_mask = np.arange(seq_len) < len(real)
     inputs = target_inputs(vectors, items, hist, hist_mask)  # m -> (target, history, valid)
-    per_modality = feature_math.target_features({m: i[0] for m, i in inputs.items()},
-                                                {m: i[1] for m, i in inputs.items()},
-                                                {m: i[2] for m, i in inputs.items()},
-                                                time_slices, sim_bins)
+    per_modality = feature_math.target_features(
+        {m: i[0] for m, i in inputs.items()},
+        {m: i[1] for m, i in inputs.items()},
+        {m: i[2] for m, i in inputs.items()},
+        time_slices,
+        sim_bins,
+    )
     target, found = vectors.take(items)
     history, _ = vectors.take(hist, ["fused"])
-    return CandidateFeatures(user_id=int(user_id), item_ids=items,
-                             found=np.logical_or.reduce([found[f] for f in VECTORS]),
-                             present={f: found[f] for f in VECTORS},
-                             category=vectors.attr("category", items),
-                             hist_category=np.where(hist_mask, vectors.attr("category", hist), None),
-                             hist_item_ids=hist, hist_mask=hist_mask, target_mm=target["fused"],
-                             hist_mm=history["fused"] * hist_mask[:, None], **per_modality)
+    return CandidateFeatures(
+        user_id=int(user_id),
+        item_ids=items,
+        found=np.logical_or.reduce([found[f] for f in VECTORS]),
+        present={f: found[f] for f in VECTORS},
+        category=vectors.attr("category", items),
+        hist_category=np.where(hist_mask, vectors.attr("category", hist), None),
+        hist_item_ids=hist,
+        hist_mask=hist_mask,
+        target_mm=target["fused"],
+        hist_mm=history["fused"] * hist_mask[:, None],
+        **per_modality,
+    )
 
 
 class OnlineFeatures:
@@ -174,9 +203,17 @@ class OnlineFeatures:
     Users' histories are always read fresh; items absent from the store are not cached, so a newly
     materialised item is served at once."""
 
-    def __init__(self, store, seq_len: int = 64, time_slices: int = 10, sim_bins: int = 10,
-                 service: str = "ctr_serving", item_cache_s: float = 60.0,
-                 item_cache_size: int = 200_000, fast_read: bool = True):
+    def __init__(
+        self,
+        store,
+        seq_len: int = 64,
+        time_slices: int = 10,
+        sim_bins: int = 10,
+        service: str = "ctr_serving",
+        item_cache_s: float = 60.0,
+        item_cache_size: int = 200_000,
+        fast_read: bool = True,
+    ):
         from feature_repo import online_redis  # feast: not in the training environment
 
         self.store = store
@@ -186,13 +223,19 @@ class OnlineFeatures:
         projections = store.get_feature_service(service).feature_view_projections
         refs = [f"{p.name}:{f.name}" for p in projections for f in p.features]
         self._user_refs = [r for r in refs if r == "user_behaviour:hist_item_ids"]
-        self._item_refs = [r for r in refs if r.split(":")[0] == "item_embeddings"
-                           and r.split(":")[1] in ITEM_FIELDS]
+        self._item_refs = [
+            r
+            for r in refs
+            if r.split(":")[0] == "item_embeddings" and r.split(":")[1] in ITEM_FIELDS
+        ]
         if not self._user_refs or len(self._item_refs) != len(ITEM_FIELDS):
-            raise ValueError(f"feature service {service!r} lacks hist_item_ids or item fields "
-                             f"{ITEM_FIELDS}")
+            raise ValueError(
+                f"feature service {service!r} lacks hist_item_ids or item fields {ITEM_FIELDS}"
+            )
         self.item_cache_s, self.item_cache_size = item_cache_s, item_cache_size
-        self._cache: dict[int, tuple[float, tuple]] = {}  # item_id -> (expiry, values by ITEM_FIELDS)
+        self._cache: dict[
+            int, tuple[float, tuple]
+        ] = {}  # item_id -> (expiry, values by ITEM_FIELDS)
         self._cache_lock = threading.Lock()
         self._registry_files = _local_registry_files(store)
         self._registry_stamp = self._stamp()
@@ -222,26 +265,35 @@ class OnlineFeatures:
         missing = [i for i in ids if i not in rows]
         if missing:
             values = self._read(self._item_refs, "item_id", missing)
-            fresh = ItemVectors.from_rows(missing, {f: values[f] for f in VECTORS}, self._dims,
-                                          {a: values[a] for a in ITEM_ATTRIBUTES})
+            fresh = ItemVectors.from_rows(
+                missing,
+                {f: values[f] for f in VECTORS},
+                self._dims,
+                {a: values[a] for a in ITEM_ATTRIBUTES},
+            )
             for j, i in enumerate(fresh.ids.tolist()):
                 row = tuple(fresh.vecs[f][j] if fresh.present[f][j] else None for f in VECTORS)
                 rows[i] = row = row + tuple(fresh.attrs[a][j] for a in ITEM_ATTRIBUTES)
-                if self.item_cache_s > 0 and any(v is not None for v in row[:len(VECTORS)]):
+                if self.item_cache_s > 0 and any(v is not None for v in row[: len(VECTORS)]):
                     self._remember(i, row, now + self.item_cache_s)
         columns = {f: [rows[i][k] for i in ids] for k, f in enumerate(ITEM_FIELDS)}
-        vectors = ItemVectors.from_rows(ids, {f: columns[f] for f in VECTORS}, self._dims,
-                                        {a: columns[a] for a in ITEM_ATTRIBUTES})
+        vectors = ItemVectors.from_rows(
+            ids,
+            {f: columns[f] for f in VECTORS},
+            self._dims,
+            {a: columns[a] for a in ITEM_ATTRIBUTES},
+        )
         self._dims.update({f: v.shape[1] for f, v in vectors.vecs.items() if v.shape[1]})
         return vectors
 
     def fetch(self, user_id: int, item_ids: Sequence[int]) -> CandidateFeatures:
         """Features of the candidates `item_ids` for `user_id`, from the latest online state."""
-        hist = self.history(user_id)[:self.seq_len]
+        hist = self.history(user_id)[: self.seq_len]
         items = np.asarray(item_ids, dtype=np.int64)
         vectors = self.vectors(np.concatenate([hist, items]))
-        return candidate_features(user_id, hist, items, vectors, self.seq_len, self.time_slices,
-                                  self.sim_bins)
+        return candidate_features(
+            user_id, hist, items, vectors, self.seq_len, self.time_slices, self.sim_bins
+        )
 
     def forget(self, item_ids: Sequence[int]) -> None:
         """Drop `item_ids` from the item cache (their vectors were just rewritten)."""
@@ -251,7 +303,9 @@ class OnlineFeatures:
 
     def _stamp(self) -> tuple[int, ...]:
         """Modification times of the local registry files (0 for an absent one)."""
-        return tuple(os.stat(f).st_mtime_ns if os.path.exists(f) else 0 for f in self._registry_files)
+        return tuple(
+            os.stat(f).st_mtime_ns if os.path.exists(f) else 0 for f in self._registry_files
+        )
 
     def _remember(self, item_id: int, row: tuple, expiry: float) -> None:
         with self._cache_lock:

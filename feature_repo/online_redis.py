@@ -20,6 +20,7 @@ Feast stays the single definition of the layout:
 Only for the Redis online store (`reader(store)` is None for any other: SQLite reads go through
 `get_online_features`). Tests: tests/integration/test_online_redis.py.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -55,10 +56,13 @@ class RedisReader:
         key_of, fv_name = self._view(views.pop(), join_key)
         names = [r.split(":", 1)[1] for r in refs]
         requested, fields = self._online._generate_hset_keys_for_features(
-            None, list(names), fv_name_override=fv_name)
+            None, list(names), fv_name_override=fv_name
+        )
         rows = self._online._read_hash_fields(self.config, [(key_of(i), fields) for i in ids])
-        decoded = [self._online._get_features_for_entity(values, fv_name, list(requested))[1]
-                   for values in rows]
+        decoded = [
+            self._online._get_features_for_entity(values, fv_name, list(requested))[1]
+            for values in rows
+        ]
         return {name: [row[name] for row in decoded] for name in names}
 
     def _view(self, name: str, join_key: str) -> tuple:
@@ -67,16 +71,19 @@ class RedisReader:
             fv = self.store.get_feature_view(name)
             entities = [self.store.get_entity(e) for e in fv.entities]
             if [e.join_key for e in entities] != [join_key]:
-                raise ValueError(f"feature view {name!r} is keyed by "
-                                 f"{[e.join_key for e in entities]}, not [{join_key!r}]")
+                raise ValueError(
+                    f"feature view {name!r} is keyed by "
+                    f"{[e.join_key for e in entities]}, not [{join_key!r}]"
+                )
             value_type = entities[0].value_type
             project, version = self.config.project, self.config.entity_key_serialization_version
 
             @lru_cache(maxsize=KEY_CACHE)
             def key_of(entity_id) -> bytes:
                 proto = python_values_to_proto_values([entity_id], value_type)[0]
-                return _redis_key(project, EntityKeyProto(join_keys=[join_key],
-                                                          entity_values=[proto]), version)
+                return _redis_key(
+                    project, EntityKeyProto(join_keys=[join_key], entity_values=[proto]), version
+                )
 
             self._views[name] = (key_of, _versioned_fv_name(fv, self.config))
         return self._views[name]

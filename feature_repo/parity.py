@@ -7,6 +7,7 @@ same assembly and feature_math; online, `OnlineFeatures.fetch` reads Feast's onl
 cache off). Also reported: the stored rows of the Spark job whose history IS that latest state
 (row time >= the state's time), compared with the online values directly.
 """
+
 from __future__ import annotations
 
 import time
@@ -26,8 +27,9 @@ from feature_repo.online import (
     candidate_features,
 )
 
-COMPARED = ("target_mm", "hist_mm") + tuple(f"{k}_{m}" for m in MODALITIES
-                                            for k in ("sim", "sim_mask", "dist"))
+COMPARED = ("target_mm", "hist_mm") + tuple(
+    f"{k}_{m}" for m in MODALITIES for k in ("sim", "sim_mask", "dist")
+)
 
 
 @dataclass
@@ -43,10 +45,12 @@ class ParityReport:
 
     def line(self) -> str:
         worst = max(self.per_feature, key=self.per_feature.get) if self.max_abs_diff else "-"
-        return (f"parity: rows {self.rows} ({self.users} users), max |online - offline| "
-                f"{self.max_abs_diff:.3g} (worst {worst}), not found online {self.not_found_online}; "
-                f"stored rows at the latest state {self.stored_rows}, max |online - stored| "
-                f"{self.stored_max_abs_diff:.3g}; {self.seconds:.1f} s")
+        return (
+            f"parity: rows {self.rows} ({self.users} users), max |online - offline| "
+            f"{self.max_abs_diff:.3g} (worst {worst}), not found online {self.not_found_online}; "
+            f"stored rows at the latest state {self.stored_rows}, max |online - stored| "
+            f"{self.stored_max_abs_diff:.3g}; {self.seconds:.1f} s"
+        )
 
 
 def check(cfg, sample: int = 200, store=None) -> ParityReport:
@@ -59,10 +63,13 @@ def check(cfg, sample: int = 200, store=None) -> ParityReport:
     cut = {name: _materialized_until(store, name) for name in ("user_behaviour", "item_embeddings")}
     rows = _sample(cfg.table("interest_features"), sample, cfg.seed)
     users = np.unique(rows["user_id"].to_numpy())
-    histories, state_ts = _latest_histories(cfg.table("user_behaviour"), users, cut["user_behaviour"])
+    histories, state_ts = _latest_histories(
+        cfg.table("user_behaviour"), users, cut["user_behaviour"]
+    )
     needed = np.concatenate([rows["item_id"].to_numpy(), *histories.values()])
-    offline_vectors = _item_vectors(cfg.table("item_embeddings"), np.unique(needed),
-                                    cut["item_embeddings"])
+    offline_vectors = _item_vectors(
+        cfg.table("item_embeddings"), np.unique(needed), cut["item_embeddings"]
+    )
 
     per_feature = dict.fromkeys(COMPARED + ("hist_item_ids",), 0.0)
     stored_diff, stored_rows, not_found = 0.0, 0, 0
@@ -71,21 +78,31 @@ def check(cfg, sample: int = 200, store=None) -> ParityReport:
     for user in users:
         at = np.flatnonzero(user_col == user)
         hist = histories.get(int(user), np.zeros(0, np.int64))
-        want = candidate_features(user, hist, item_col[at], offline_vectors, cfg.seq_len,
-                                  cfg.time_slices, cfg.sim_bins)
+        want = candidate_features(
+            user, hist, item_col[at], offline_vectors, cfg.seq_len, cfg.time_slices, cfg.sim_bins
+        )
         got = online.fetch(int(user), item_col[at])
         for name in COMPARED:
-            per_feature[name] = max(per_feature[name],
-                                    _max_diff(getattr(got, name), getattr(want, name)))
-        per_feature["hist_item_ids"] = max(per_feature["hist_item_ids"],
-                                           float(np.any(got.hist_item_ids != want.hist_item_ids)))
+            per_feature[name] = max(
+                per_feature[name], _max_diff(getattr(got, name), getattr(want, name))
+            )
+        per_feature["hist_item_ids"] = max(
+            per_feature["hist_item_ids"], float(np.any(got.hist_item_ids != want.hist_item_ids))
+        )
         not_found += int(np.sum(want.found & ~got.found))
         latest = at[ts_col[at] >= state_ts.get(int(user), np.iinfo(np.int64).min)]
         stored_rows += len(latest)
         stored_diff = max(stored_diff, _stored_diff(rows, latest, got, np.searchsorted(at, latest)))
-    return ParityReport(rows=rows.num_rows, users=len(users), max_abs_diff=max(per_feature.values()),
-                        per_feature=per_feature, not_found_online=not_found, stored_rows=stored_rows,
-                        stored_max_abs_diff=stored_diff, seconds=time.time() - started)
+    return ParityReport(
+        rows=rows.num_rows,
+        users=len(users),
+        max_abs_diff=max(per_feature.values()),
+        per_feature=per_feature,
+        not_found_online=not_found,
+        stored_rows=stored_rows,
+        stored_max_abs_diff=stored_diff,
+        seconds=time.time() - started,
+    )
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -128,14 +145,18 @@ def _latest_histories(path: str, users: np.ndarray, until) -> tuple[dict, dict]:
     """user -> newest hist_item_ids with event_ts <= until, and user -> that state's event_ts (µs)."""
     table = live_dataset(path).to_table(
         columns=["user_id", "event_ts", "hist_item_ids"],
-        filter=pc.field("user_id").isin(pa.array(users)) & (pc.field("event_ts") <= pa.scalar(until)))
+        filter=pc.field("user_id").isin(pa.array(users))
+        & (pc.field("event_ts") <= pa.scalar(until)),
+    )
     frame = table.select(["user_id", "event_ts"]).to_pandas()
     newest = frame.sort_values("event_ts", kind="stable").drop_duplicates("user_id", keep="last")
     ids = table["hist_item_ids"].take(pa.array(newest.index.to_numpy())).to_pylist()
     ts = _micros(table["event_ts"].take(pa.array(newest.index.to_numpy())))
     users_out = newest["user_id"].tolist()
-    return ({u: np.asarray(h or [], np.int64) for u, h in zip(users_out, ids)},
-            dict(zip(users_out, ts.tolist())))
+    return (
+        {u: np.asarray(h or [], np.int64) for u, h in zip(users_out, ids)},
+        dict(zip(users_out, ts.tolist())),
+    )
 
 
 def _micros(column) -> np.ndarray:
@@ -146,6 +167,8 @@ def _item_vectors(path: str, ids: np.ndarray, until) -> ItemVectors:
     table = live_dataset(path).to_table(
         columns=["item_id", *VECTORS],
         filter=pc.field("item_id").isin(pa.array(ids))
-        & (pc.field("valid_from_ts") <= pa.scalar(until)))
-    return ItemVectors.from_rows(table["item_id"].to_numpy(),
-                                 {f: table[f].to_numpy(zero_copy_only=False) for f in VECTORS})
+        & (pc.field("valid_from_ts") <= pa.scalar(until)),
+    )
+    return ItemVectors.from_rows(
+        table["item_id"].to_numpy(), {f: table[f].to_numpy(zero_copy_only=False) for f in VECTORS}
+    )

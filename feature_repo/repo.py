@@ -4,15 +4,16 @@
 `apply_total_with_repo_instance`) on an in-process store, so `mmi features apply` and
 `feast apply` run from feature_repo/ register the same objects and delete the same stale ones.
 """
+
 from __future__ import annotations
 
 import contextlib
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 REPO_DIR = Path(__file__).resolve().parent
 
 
@@ -36,20 +37,28 @@ def apply(store) -> list[str]:
     from feast.repo_operations import apply_total_with_repo_instance
 
     repo = contents()
-    apply_total_with_repo_instance(store, store.project, store.registry, repo,
-                                   skip_source_validation=False)
-    kinds = {"Entity": repo.entities, "FeatureView": repo.feature_views,
-             "FeatureService": repo.feature_services,
-             "OnDemandFeatureView": repo.on_demand_feature_views}
-    return sorted(f"{kind} {obj.name}" for kind, objects in kinds.items() for obj in objects
-                  if obj.name != DUMMY_ENTITY_NAME)
+    apply_total_with_repo_instance(
+        store, store.project, store.registry, repo, skip_source_validation=False
+    )
+    kinds = {
+        "Entity": repo.entities,
+        "FeatureView": repo.feature_views,
+        "FeatureService": repo.feature_services,
+        "OnDemandFeatureView": repo.on_demand_feature_views,
+    }
+    return sorted(
+        f"{kind} {obj.name}"
+        for kind, objects in kinds.items()
+        for obj in objects
+        if obj.name != DUMMY_ENTITY_NAME
+    )
 
 
 def materialize(store, full: bool = False, end: datetime | None = None) -> str:
     """Load the online views up to `end` (default now): incrementally since each view's last run;
     from the epoch for a view never materialised or with `full`. Returns a one-line summary."""
     started = time.time()
-    end = end or datetime.now(timezone.utc)
+    end = end or datetime.now(UTC)
     done = []
     for fv in store.list_feature_views():
         if not fv.online:
@@ -60,5 +69,7 @@ def materialize(store, full: bool = False, end: datetime | None = None) -> str:
         else:
             store.materialize_incremental(end_date=end, feature_views=[fv.name])
             done.append(f"{fv.name} (since {fv.most_recent_end_time:%Y-%m-%d %H:%M:%S})")
-    return (f"materialize: {', '.join(done) or 'no online views'} up to {end:%Y-%m-%d %H:%M:%S}, "
-            f"{time.time() - started:.1f} s")
+    return (
+        f"materialize: {', '.join(done) or 'no online views'} up to {end:%Y-%m-%d %H:%M:%S}, "
+        f"{time.time() - started:.1f} s"
+    )

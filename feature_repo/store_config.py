@@ -5,6 +5,7 @@ The YAML names paths through `${MMI_HOME}`, which the `feast` CLI takes from the
 same variables from `cfg`, so a store can be opened for any home. The YAML describes the embedded
 store (SQLite online store); `online_store: redis` swaps in the Redis block at `MMI_REDIS_URL`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,11 @@ def repo_config(cfg: Config) -> dict:
     if cfg.online_store == "redis":
         # skip_dedup: materialisation writes the offline store's latest row per key, so a
         # corrected row with an unchanged timestamp (e.g. a re-embedded item) must overwrite.
-        config["online_store"] = {"type": "redis", "connection_string": cfg.redis_url,
-                                  "skip_dedup": True}
+        config["online_store"] = {
+            "type": "redis",
+            "connection_string": cfg.redis_url,
+            "skip_dedup": True,
+        }
     elif cfg.online_store != "sqlite":
         raise ValueError(f"online_store must be sqlite or redis, not {cfg.online_store!r}")
     return config

@@ -6,6 +6,7 @@ labelled row, so this wrapper tags each row, checks the count, and restores drop
 null features, in the order of the entity frame. It holds for any offline store in
 feature_store.yaml (DeltaOfflineStore keeps every row already; the check stays as a guard).
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,9 @@ log = logging.getLogger(__name__)
 _ROW = "__mmi_row"
 
 
-def get_training_frame(store, entity_df: pd.DataFrame, service="ctr_training",
-                       full_feature_names: bool = False) -> pd.DataFrame:
+def get_training_frame(
+    store, entity_df: pd.DataFrame, service="ctr_training", full_feature_names: bool = False
+) -> pd.DataFrame:
     """`entity_df` (join keys, an event timestamp, any labels) with the features of `service`
     (a FeatureService, its name, or a list of 'view:feature' refs) as of each row's timestamp:
     one output row per input row, in input order; features are null where nothing was known
@@ -30,8 +32,9 @@ def get_training_frame(store, entity_df: pd.DataFrame, service="ctr_training",
     wanted = store.get_feature_service(service) if isinstance(service, str) else service
     entities = entity_df.reset_index(drop=True)
     tagged = entities.assign(**{_ROW: np.arange(len(entities))})
-    got = store.get_historical_features(entity_df=tagged, features=wanted,
-                                        full_feature_names=full_feature_names).to_df()
+    got = store.get_historical_features(
+        entity_df=tagged, features=wanted, full_feature_names=full_feature_names
+    ).to_df()
     if got[_ROW].duplicated().any():
         raise RuntimeError("the offline store returned an entity row more than once")
     features = got.drop(columns=[c for c in entities.columns if c in got.columns])
@@ -40,10 +43,15 @@ def get_training_frame(store, entity_df: pd.DataFrame, service="ctr_training",
     features = features.drop(columns=_ROW, errors="ignore").reset_index(drop=True)
     restored = len(entities) - len(got)
     if restored:
-        for c in features.columns[features.dtypes == object]:  # lists, strings: None, like Arrow
+        for c in features.select_dtypes(
+            include="object"
+        ).columns:  # lists, strings: None, like Arrow
             features[c] = features[c].where(features[c].notna(), None)
-        log.warning("restored %d of %d entity rows the offline store dropped (features null)",
-                    restored, len(entities))
+        log.warning(
+            "restored %d of %d entity rows the offline store dropped (features null)",
+            restored,
+            len(entities),
+        )
     timestamps = entities.select_dtypes(include=["datetime", "datetimetz"]).columns
     out = entities.assign(**{c: as_utc(entities[c]) for c in timestamps})
     out = pd.concat([out, features], axis=1)

@@ -14,6 +14,7 @@ own process ids (pid + start time, psutil; never by name).
 reads it. Logs: $MMI_HOME/airflow/local-logs/<component>.log. The UI's login is `admin` with the
 password the simple auth manager generated in $MMI_HOME/airflow/simple_auth_manager_passwords.json.generated.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,10 @@ def _alive(entry: dict) -> psutil.Process | None:
     """The process `entry` names ({"pid", "create_time"}), if that very process still runs."""
     try:
         proc = psutil.Process(entry["pid"])
-        if abs(proc.create_time() - entry["create_time"]) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE:
+        if (
+            abs(proc.create_time() - entry["create_time"]) < 0.01
+            and proc.status() != psutil.STATUS_ZOMBIE
+        ):
             return proc
     except psutil.Error:
         pass
@@ -116,16 +120,21 @@ class Api:
     def token(self) -> str:
         """A JWT for the admin user (what the UI keeps in its `_token` cookie)."""
         if self._token is None:
-            self._token = self._call("POST", "/auth/token", {"username": USER, "password": self.password()},
-                                     auth=False)["access_token"]
+            self._token = self._call(
+                "POST", "/auth/token", {"username": USER, "password": self.password()}, auth=False
+            )["access_token"]
         return self._token
 
     def _call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token()}"
-        req = urllib.request.Request(self.url + path, method=method, headers=headers,
-                                     data=None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(
+            self.url + path,
+            method=method,
+            headers=headers,
+            data=None if body is None else json.dumps(body).encode(),
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as res:
                 return json.loads(res.read() or b"{}")
@@ -133,7 +142,9 @@ class Api:
             if err.code == 401 and auth and self._token is not None:  # expired: once more, fresh
                 self._token = None
                 return self._call(method, path, body, auth)
-            raise AirflowLocalError(f"{method} {path}: HTTP {err.code} {err.read()[:500]!r}") from err
+            raise AirflowLocalError(
+                f"{method} {path}: HTTP {err.code} {err.read()[:500]!r}"
+            ) from err
 
     def get(self, path: str) -> dict:
         return self._call("GET", path)
@@ -159,7 +170,9 @@ class Api:
         """Unpause `dag_id` (the runs of a paused DAG stay queued) and trigger a run; its run id."""
         self.wait_dag(dag_id)
         self.unpause(dag_id)
-        run = self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
+        run = self._call(
+            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}}
+        )
         return run["dag_run_id"]
 
     def wait(self, dag_id: str, run_id: str, timeout: float = 600.0) -> dict:
@@ -168,7 +181,9 @@ class Api:
         while True:
             run = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
             if run["state"] in ("success", "failed") or time.monotonic() > deadline:
-                tis = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+                tis = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")[
+                    "task_instances"
+                ]
                 run["task_states"] = {ti["task_id"]: ti["state"] for ti in tis}
                 return run
             time.sleep(2)
@@ -210,34 +225,63 @@ class LocalAirflow:
         scheduler and DAG processor report healthy; stop them all again if that fails."""
         state = self._state()
         if state and any(_alive(e) for e in state["procs"].values()):
-            raise AirflowLocalError(f"Airflow already runs at {state['url']} (pids in "
-                                    f"{self.home / STATE_FILE}): `infra/airflow.sh down` first")
+            raise AirflowLocalError(
+                f"Airflow already runs at {state['url']} (pids in "
+                f"{self.home / STATE_FILE}): `infra/airflow.sh down` first"
+            )
         if self.port == 0:
             self.port = _free_port()
         elif not _port_free(self.port):
-            raise AirflowLocalError(f"port {self.port} on {HOST} is in use: choose another (--port)")
-        setup = subprocess.run([str(AIRFLOW_SH)], env=self.env, cwd=REPO_ROOT, capture_output=True, text=True)
+            raise AirflowLocalError(
+                f"port {self.port} on {HOST} is in use: choose another (--port)"
+            )
+        setup = subprocess.run(
+            [str(AIRFLOW_SH)], env=self.env, cwd=REPO_ROOT, capture_output=True, text=True
+        )
         if setup.returncode:
-            raise AirflowLocalError(f"infra/airflow.sh set-up failed:\n{setup.stdout}{setup.stderr}")
-        env = {**self.env,
-               "AIRFLOW__API__HOST": HOST, "AIRFLOW__API__PORT": str(self.port),
-               "AIRFLOW__API__BASE_URL": self.url,
-               "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/"}
+            raise AirflowLocalError(
+                f"infra/airflow.sh set-up failed:\n{setup.stdout}{setup.stderr}"
+            )
+        env = {
+            **self.env,
+            "AIRFLOW__API__HOST": HOST,
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+        }
         env.setdefault("AIRFLOW__API__WORKERS", "1")
         env.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        args = {"scheduler": ["scheduler"], "dag-processor": ["dag-processor"],
-                "api-server": ["api-server", "--host", HOST, "--port", str(self.port)]}
+        args = {
+            "scheduler": ["scheduler"],
+            "dag-processor": ["dag-processor"],
+            "api-server": ["api-server", "--host", HOST, "--port", str(self.port)],
+        }
         popens = {}
         for name in COMPONENTS:
             with open(self.log_dir / f"{name}.log", "ab") as log:
                 popens[name] = subprocess.Popen(
-                    [str(AIRFLOW_SH), *args[name]], env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                    [str(AIRFLOW_SH), *args[name]],
+                    env=env,
+                    cwd=REPO_ROOT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             proc = psutil.Process(popens[name].pid)
             self.procs[name] = {"pid": proc.pid, "create_time": proc.create_time()}
-        (self.home / STATE_FILE).write_text(json.dumps(
-            {"url": self.url, "port": self.port, "procs": self.procs, "logs": str(self.log_dir)}, indent=1))
+        (self.home / STATE_FILE).write_text(
+            json.dumps(
+                {
+                    "url": self.url,
+                    "port": self.port,
+                    "procs": self.procs,
+                    "logs": str(self.log_dir),
+                },
+                indent=1,
+            )
+        )
         try:
             self._wait_ready(popens, timeout)
         except BaseException:
@@ -254,16 +298,23 @@ class LocalAirflow:
         while time.monotonic() < deadline:
             dead = [n for n, p in popens.items() if p.poll() is not None]
             if dead:
-                raise AirflowLocalError("exited during start-up:\n" + "\n".join(map(self._log, dead)))
+                raise AirflowLocalError(
+                    "exited during start-up:\n" + "\n".join(map(self._log, dead))
+                )
             try:
                 health = self.api.health()
-                if all(health.get(k, {}).get("status") == "healthy" for k in ("scheduler", "dag_processor")):
+                if all(
+                    health.get(k, {}).get("status") == "healthy"
+                    for k in ("scheduler", "dag_processor")
+                ):
                     return
             except (OSError, AirflowLocalError):
                 pass
             time.sleep(1)
-        raise AirflowLocalError(f"not ready after {timeout:.0f} s (health {health}):\n"
-                                + "\n".join(map(self._log, COMPONENTS)))
+        raise AirflowLocalError(
+            f"not ready after {timeout:.0f} s (health {health}):\n"
+            + "\n".join(map(self._log, COMPONENTS))
+        )
 
     def stop(self) -> int:
         """Stop the daemons of the state file (or of this object) by pid; returns processes ended."""
@@ -304,25 +355,32 @@ def _free_port() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="infra/airflow.sh",
-                                     description="local Airflow daemons on 127.0.0.1")
+    parser = argparse.ArgumentParser(
+        prog="infra/airflow.sh", description="local Airflow daemons on 127.0.0.1"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    up = sub.add_parser("up", help="start scheduler, DAG processor and API server (UI); wait until ready")
+    up = sub.add_parser(
+        "up", help="start scheduler, DAG processor and API server (UI); wait until ready"
+    )
     up.add_argument("--port", type=int, default=8080, help="API server and UI port (0: a free one)")
     up.add_argument("--timeout", type=float, default=180.0)
     sub.add_parser("down", help="stop the daemons by their pids")
     sub.add_parser("status", help="URL, pids and whether each daemon runs")
     trig = sub.add_parser("trigger", help="unpause a DAG and trigger a run through the REST API")
     trig.add_argument("dag_id")
-    trig.add_argument("--wait", action="store_true", help="wait for the run; exit 1 unless it succeeds")
+    trig.add_argument(
+        "--wait", action="store_true", help="wait for the run; exit 1 unless it succeeds"
+    )
     trig.add_argument("--timeout", type=float, default=1800.0)
     args = parser.parse_args(argv)
     af = LocalAirflow(port=getattr(args, "port", 8080))
     if args.cmd == "up":
         af.start(args.timeout)
         pids = ", ".join(f"{name} {entry['pid']}" for name, entry in af.procs.items())
-        print(f"airflow up: UI {af.url} (user {USER}, password in {af.home / PASSWORDS_FILE}); "
-              f"pids {pids}; logs {af.log_dir}")
+        print(
+            f"airflow up: UI {af.url} (user {USER}, password in {af.home / PASSWORDS_FILE}); "
+            f"pids {pids}; logs {af.log_dir}"
+        )
         return 0
     if args.cmd == "down":
         print(f"airflow down: {af.stop()} processes stopped")

@@ -3,6 +3,7 @@
 A Spark session is cached per process (`get_spark` uses getOrCreate), so a job meant for another
 master runs in its own process: `python -m spark_jobs.<job>` with MMI_SPARK_MASTER and MMI_HOME.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,17 +44,34 @@ class JobRun:
         return match["head"] if match else self.summary
 
 
-def run_job(module: str, *, master: str, home: Path, env: Mapping[str, str] | None = None,
-            args: tuple[str, ...] = (), timeout: float = 600.0) -> JobRun:
+def run_job(
+    module: str,
+    *,
+    master: str,
+    home: Path,
+    env: Mapping[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    timeout: float = 600.0,
+) -> JobRun:
     """`python -m module args` from the repository root with MMI_SPARK_MASTER=master,
     MMI_HOME=home and `env` on top of this process's environment; raises JobFailed on exit != 0."""
-    full_env = {**os.environ, "MMI_SPARK_MASTER": master, "MMI_HOME": str(home),
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                            os.environ.get("PYTHONPATH")])),
-                **(env or {})}
+    full_env = {
+        **os.environ,
+        "MMI_SPARK_MASTER": master,
+        "MMI_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        **(env or {}),
+    }
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     wall = time.perf_counter() - started
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0:

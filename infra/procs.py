@@ -3,6 +3,7 @@
 A process is identified by (pid, start time) so that a recycled pid is never signalled; psutil
 reads both. A zombie counts as gone: its parent reaps it.
 """
+
 from __future__ import annotations
 
 import socket
@@ -26,9 +27,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 def poll(check: Callable[[], T], timeout: float, interval: float) -> T:
     """Call `check` every `interval` s until it returns a truthy value or `timeout` s have passed;
     returns its last value. An exception of `check` ends the polling and propagates."""
-    return Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(interval),
-                    retry=retry_if_result(lambda value: not value),
-                    retry_error_callback=lambda state: state.outcome.result())(check)
+    return Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(interval),
+        retry=retry_if_result(lambda value: not value),
+        retry_error_callback=lambda state: state.outcome.result(),
+    )(check)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ def _signal(procs: Iterable[Proc], kill: bool) -> None:
 def stop(procs: list[Proc], timeout: float = 20.0) -> list[Proc]:
     """SIGTERM `procs`, SIGKILL what is left after `timeout`; returns those still alive
     (normally none)."""
+
     def alive() -> list[Proc]:
         return [p for p in procs if p.running()]
 

@@ -6,6 +6,7 @@
 `url` is "127.0.0.1:PORT", the form of MMI_REDIS_URL and of Feast's redis `connection_string`;
 `redis_py_url` is "redis://127.0.0.1:PORT" for redis-py's `Redis.from_url`.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -26,8 +27,13 @@ class RedisServer:
     """redis-server bound to 127.0.0.1:`port`; its log goes to `log_dir` (default: a temporary
     folder, removed on stop)."""
 
-    def __init__(self, port: int | None = None, log_dir: Path | None = None,
-                 ready_timeout: float = 15.0, binary: str = "redis-server") -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_dir: Path | None = None,
+        ready_timeout: float = 15.0,
+        binary: str = "redis-server",
+    ) -> None:
         self.port = port
         self.log_dir = log_dir
         self.ready_timeout = ready_timeout
@@ -59,13 +65,31 @@ class RedisServer:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"redis-{self.port}.log"
         self._popen = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
-             "--dir", str(self.log_dir), "--logfile", str(log)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                HOST,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.log_dir),
+                "--logfile",
+                str(log),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.proc = Proc.of(self._popen.pid)
-        if poll(lambda: self.ping() or self._popen.poll() is not None, self.ready_timeout, 0.05) \
-                and self._popen.poll() is None:
+        if (
+            poll(lambda: self.ping() or self._popen.poll() is not None, self.ready_timeout, 0.05)
+            and self._popen.poll() is None
+        ):
             return self
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         self.stop()

@@ -5,6 +5,7 @@ spark_jobs/benchmarks.py; run with `mmi bench scaling-ingest`.
 Each run gets its own fresh cluster and its own MMI home (a copy of the prepared input tables), so
 all do exactly the same work; their summary lines (counts) must agree. A job is one line each.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,12 +31,15 @@ def scaling_embed() -> dict:
 
 def scaling_interest() -> dict:
     """Interest features of the configured dataset on 1 vs 2 workers."""
-    return scaling("spark_jobs.interest_features", prepare=("spark_jobs.ingest", "spark_jobs.embed_items",
-                                                            "spark_jobs.behaviour"))
+    return scaling(
+        "spark_jobs.interest_features",
+        prepare=("spark_jobs.ingest", "spark_jobs.embed_items", "spark_jobs.behaviour"),
+    )
 
 
-def scaling(job: str, prepare: tuple[str, ...] = (), workers: tuple[int, ...] = WORKERS,
-            repeats: int = 2) -> dict:
+def scaling(
+    job: str, prepare: tuple[str, ...] = (), workers: tuple[int, ...] = WORKERS, repeats: int = 2
+) -> dict:
     """Run `prepare` once on local[2] into a base home, then `job` on a fresh cluster of each size
     in `workers` over a copy of that home, `repeats` rounds in alternating order; best time per
     size (the job's own summary seconds; process wall seconds beside). Ratio = speed-up of the
@@ -56,16 +60,23 @@ def scaling(job: str, prepare: tuple[str, ...] = (), workers: tuple[int, ...] = 
             for n in workers if r % 2 == 0 else workers[::-1]:
                 home = Path(tmp) / f"home-{n}-{r}"
                 shutil.copytree(base, home)
-                with SparkCluster(workers=n, cores=1, memory="1g",
-                                  log_dir=Path(tmp) / f"cluster-{n}-{r}") as cluster:
+                with SparkCluster(
+                    workers=n, cores=1, memory="1g", log_dir=Path(tmp) / f"cluster-{n}-{r}"
+                ) as cluster:
                     runs[n].append(run_job(job, master=cluster.master_url, home=home, env=env))
     summaries = {run.counts for done in runs.values() for run in done}
     if len(summaries) != 1:
         raise AssertionError(f"contenders disagree: {sorted(summaries)}")
     best = {n: min(done, key=lambda run: run.job_s or run.wall_s) for n, done in runs.items()}
     small, large = min(workers), max(workers)
-    figures = {"job": job, "input": str(cfg.dataset_dir), "summary": summaries.pop(),
-               "cores_per_worker": 1, "memory_per_worker": "1g", "repeats": repeats}
+    figures = {
+        "job": job,
+        "input": str(cfg.dataset_dir),
+        "summary": summaries.pop(),
+        "cores_per_worker": 1,
+        "memory_per_worker": "1g",
+        "repeats": repeats,
+    }
     for n, done in runs.items():
         figures[f"workers_{n}_job_s"] = [run.job_s for run in done]
         figures[f"workers_{n}_wall_s"] = [run.wall_s for run in done]

@@ -10,6 +10,7 @@ stopped by their own process ids.
 
 `start` leaves the daemons running and writes DIR/cluster.json (master URL, pids); `stop` reads it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,16 +75,33 @@ class SparkCluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             port, ui_port = free_port(), free_port()
-            self._launch("master", [_MASTER, "--host", HOST, "--port", str(port),
-                                    "--webui-port", str(ui_port)])
+            self._launch(
+                "master",
+                [_MASTER, "--host", HOST, "--port", str(port), "--webui-port", str(ui_port)],
+            )
             self.master_url, self.ui_url = self._master_addresses()
             for i in range(self.workers):
                 work = self.log_dir / f"work-{i}"
                 work.mkdir(exist_ok=True)
-                self._launch(f"worker-{i}", [_WORKER, "--host", HOST, "--port", "0",
-                                             "--webui-port", "0", "--cores", str(self.cores),
-                                             "--memory", self.memory, "--work-dir", str(work),
-                                             self.master_url])
+                self._launch(
+                    f"worker-{i}",
+                    [
+                        _WORKER,
+                        "--host",
+                        HOST,
+                        "--port",
+                        "0",
+                        "--webui-port",
+                        "0",
+                        "--cores",
+                        str(self.cores),
+                        "--memory",
+                        self.memory,
+                        "--work-dir",
+                        str(work),
+                        self.master_url,
+                    ],
+                )
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -94,8 +112,13 @@ class SparkCluster:
     def stop(self, timeout: float = 20.0) -> list[Proc]:
         """Stop executors, workers, then the master, by pid; returns every process it stopped."""
         master, workers = self.procs[:1], self.procs[1:]
-        below = [d for p in self.procs if p.running()  # executors and their python workers
-                 for d in p.descendants() if d.running()]
+        below = [
+            d
+            for p in self.procs
+            if p.running()  # executors and their python workers
+            for d in p.descendants()
+            if d.running()
+        ]
         everything = below + workers[::-1] + master
         left = stop(everything, timeout)
         for child in self._children:  # started by this object: reap them (no zombies left)
@@ -138,22 +161,35 @@ class SparkCluster:
         return cls(**{**state, "log_dir": Path(state["log_dir"])}, procs=procs)
 
     def _save(self) -> None:
-        state = {"workers": self.workers, "cores": self.cores, "memory": self.memory,
-                 "log_dir": str(self.log_dir), "master_url": self.master_url, "ui_url": self.ui_url,
-                 "procs": [{"pid": p.pid, "started": p.started} for p in self.procs]}
+        state = {
+            "workers": self.workers,
+            "cores": self.cores,
+            "memory": self.memory,
+            "log_dir": str(self.log_dir),
+            "master_url": self.master_url,
+            "ui_url": self.ui_url,
+            "procs": [{"pid": p.pid, "started": p.started} for p in self.procs],
+        }
         (self.logs / STATE_FILE).write_text(json.dumps(state, indent=1))
 
     # -- internals ---------------------------------------------------------------------------
     def _launch(self, name: str, args: list[str]) -> None:
         env = {**os.environ, "SPARK_LOCAL_IP": HOST, "SPARK_DAEMON_MEMORY": self.daemon_memory}
         # no REST submission server (it would take the fixed port 6066); tidy finished apps' folders
-        for var, opt in (("SPARK_MASTER_OPTS", "-Dspark.master.rest.enabled=false"),
-                         ("SPARK_WORKER_OPTS", "-Dspark.worker.cleanup.enabled=true")):
+        for var, opt in (
+            ("SPARK_MASTER_OPTS", "-Dspark.master.rest.enabled=false"),
+            ("SPARK_WORKER_OPTS", "-Dspark.worker.cleanup.enabled=true"),
+        ):
             env[var] = f"{env.get(var, '')} {opt}".strip()
         with open(self.logs / f"{name}.log", "wb") as log:  # fresh: addresses are read from it
-            proc = subprocess.Popen([str(spark_class()), *args], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)  # a Ctrl-C in the caller is not theirs
+            proc = subprocess.Popen(
+                [str(spark_class()), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )  # a Ctrl-C in the caller is not theirs
         me = Proc.of(proc.pid)
         if me is None:
             raise ClusterError(f"{name} exited at once:\n{_tail(self.logs / f'{name}.log')}")
@@ -194,9 +230,11 @@ class SparkCluster:
             return seen.get("status") == "ALIVE" and seen.get("aliveworkers") == self.workers
 
         if not poll(ready, self.ready_timeout, 0.3):
-            raise ClusterError(f"cluster not ready in {self.ready_timeout:.0f} s (master says "
-                               f"{seen.get('status')}, {seen.get('aliveworkers')}/{self.workers} "
-                               f"workers); logs in {self.log_dir}")
+            raise ClusterError(
+                f"cluster not ready in {self.ready_timeout:.0f} s (master says "
+                f"{seen.get('status')}, {seen.get('aliveworkers')}/{self.workers} "
+                f"workers); logs in {self.log_dir}"
+            )
 
     def _names(self) -> list[str]:
         return ["master"] + [f"worker-{i}" for i in range(len(self.procs) - 1)]
@@ -214,11 +252,15 @@ def _default_dir() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.spark_cluster", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.spark_cluster",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("action", choices=["start", "status", "stop"])
-    parser.add_argument("--dir", type=Path, help="logs and cluster.json (default: "
-                        "$MMI_HOME/spark-cluster)")
+    parser.add_argument(
+        "--dir", type=Path, help="logs and cluster.json (default: $MMI_HOME/spark-cluster)"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cores", type=int, default=1, help="cores per worker")
     parser.add_argument("--memory", default="1g", help="executor memory per worker")
@@ -230,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"already running: {SparkCluster.load(log_dir).master_url}", file=sys.stderr)
             return 1
         cluster = SparkCluster(args.workers, args.cores, args.memory, log_dir).start()
-        print(f"export MMI_SPARK_MASTER={cluster.master_url}   # UI {cluster.ui_url}, "
-              f"pids {cluster.pids}, logs {log_dir}")
+        print(
+            f"export MMI_SPARK_MASTER={cluster.master_url}   # UI {cluster.ui_url}, "
+            f"pids {cluster.pids}, logs {log_dir}"
+        )
         return 0
     if not state.exists():
         print(f"no cluster state in {log_dir}", file=sys.stderr)

@@ -7,6 +7,7 @@ loads, and the shot is taken once every task of the DAG shows in the grid.
     python -m infra.ui_screenshot mm_new_items docs/airflow-grid.png     # Airflow from `up`
     make airflow-screenshot DAG=mm_new_items OUT=docs/airflow-grid.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,11 @@ class _Tab:
                 return msg.get("result", {})
 
     def text(self) -> str:
-        res = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
-                        returnByValue=True)
+        res = self.call(
+            "Runtime.evaluate",
+            expression="document.body ? document.body.innerText : ''",
+            returnByValue=True,
+        )
         return res.get("result", {}).get("value") or ""
 
 
@@ -71,7 +75,9 @@ def _page_ws(port: int, timeout: float = 30.0) -> str:
         time.sleep(0.3)
 
 
-def screenshot(api: Api, dag_id: str, out: Path, wait_for: list[str], timeout: float = 90.0) -> Path:
+def screenshot(
+    api: Api, dag_id: str, out: Path, wait_for: list[str], timeout: float = 90.0
+) -> Path:
     """Save the UI page of `dag_id` (its grid of runs x tasks) as PNG `out` once every string of
     `wait_for` (the task ids) shows on it."""
     exe = shutil.which("chromium")
@@ -80,10 +86,22 @@ def screenshot(api: Api, dag_id: str, out: Path, wait_for: list[str], timeout: f
     token = api.token()
     with tempfile.TemporaryDirectory(prefix="mmi-chromium-") as profile:
         proc = subprocess.Popen(
-            [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--no-first-run", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-             f"--window-size={WIDTH},{HEIGHT}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                exe,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                f"--window-size={WIDTH},{HEIGHT}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         entry = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
         try:
             port_file, deadline = Path(profile) / "DevToolsActivePort", time.monotonic() + 30
@@ -91,17 +109,25 @@ def screenshot(api: Api, dag_id: str, out: Path, wait_for: list[str], timeout: f
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise ScreenshotError("Chromium did not start (no DevToolsActivePort)")
                 time.sleep(0.2)
-            with connect(_page_ws(int(port_file.read_text().split()[0])), max_size=None,
-                         open_timeout=30) as ws:
+            with connect(
+                _page_ws(int(port_file.read_text().split()[0])), max_size=None, open_timeout=30
+            ) as ws:
                 tab = _Tab(ws)
                 tab.call("Network.setCookie", name="_token", value=token, url=api.url + "/")
-                tab.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT,
-                         deviceScaleFactor=1, mobile=False)
+                tab.call(
+                    "Emulation.setDeviceMetricsOverride",
+                    width=WIDTH,
+                    height=HEIGHT,
+                    deviceScaleFactor=1,
+                    mobile=False,
+                )
                 tab.call("Page.navigate", url=f"{api.url}/dags/{dag_id}")
                 deadline, text = time.monotonic() + timeout, ""
                 while not all(w in (text := tab.text()) for w in wait_for):
                     if time.monotonic() > deadline:
-                        raise ScreenshotError(f"the page never showed {wait_for}; it showed: {text[:500]!r}")
+                        raise ScreenshotError(
+                            f"the page never showed {wait_for}; it showed: {text[:500]!r}"
+                        )
                     time.sleep(1)
                 time.sleep(2)  # let the last requests paint
                 png = base64.b64decode(tab.call("Page.captureScreenshot", format="png")["data"])
@@ -113,7 +139,9 @@ def screenshot(api: Api, dag_id: str, out: Path, wait_for: list[str], timeout: f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="PNG of a DAG's grid in the UI of the Airflow `up` started")
+    parser = argparse.ArgumentParser(
+        description="PNG of a DAG's grid in the UI of the Airflow `up` started"
+    )
     parser.add_argument("dag_id")
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
@@ -123,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     api = Api(state["url"], LocalAirflow().home)
     tasks = [t["task_id"] for t in api.get(f"/api/v2/dags/{args.dag_id}/tasks")["tasks"]]
     path = screenshot(api, args.dag_id, args.out, tasks)
-    print(f"screenshot of {state['url']}/dags/{args.dag_id}: {path} ({path.stat().st_size // 1024} KiB)")
+    print(
+        f"screenshot of {state['url']}/dags/{args.dag_id}: {path} ({path.stat().st_size // 1024} KiB)"
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ name -> "module:function"). A benchmark function runs its contenders side by sid
 and returns a dict of figures including the ratio; the result is written as JSON to
 `<home>/reports/bench/NAME.json`. Benchmarks never run in the test pass.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -33,8 +34,13 @@ def run(name: str) -> dict:
     module, func = benchmarks()[name].split(":")
     started = time.time()
     figures = getattr(importlib.import_module(module), func)()
-    result = {"benchmark": name, "machine": platform.platform(), "cpus": len(os.sched_getaffinity(0)),
-              **figures, "wall_s": round(time.time() - started, 1)}
+    result = {
+        "benchmark": name,
+        "machine": platform.platform(),
+        "cpus": len(os.sched_getaffinity(0)),
+        **figures,
+        "wall_s": round(time.time() - started, 1),
+    }
     out = get_config().reports_dir / "bench" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

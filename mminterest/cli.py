@@ -1,5 +1,6 @@
 """`mmi` command line. Each area registers its own subcommands (`register(subparsers)` in the
 modules of COMMAND_MODULES); handlers import their heavy job modules lazily."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,13 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-COMMAND_MODULES = ["spark_jobs.commands", "feature_repo.commands", "training.content.commands",
-                   "training.commands", "serving.commands"]
+COMMAND_MODULES = [
+    "spark_jobs.commands",
+    "feature_repo.commands",
+    "training.content.commands",
+    "training.commands",
+    "serving.commands",
+]
 
 
 def fail(err: Exception) -> int:
@@ -24,8 +30,9 @@ def fail(err: Exception) -> int:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("py4j", "great_expectations", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -56,12 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="mmi", description="mminterest platform")
     sub = parser.add_subparsers(dest="command", required=True)
-    config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
+    config = sub.add_parser("config", help="configuration").add_subparsers(
+        dest="action", required=True
+    )
     config.add_parser("show", help="print the effective config").set_defaults(func=_config_show)
     names = sorted(benchmarks())
-    bench = sub.add_parser("bench", help="run a benchmark (side by side, ratio, JSON under "
-                           "reports/bench); without NAME: list them", description="benchmarks: "
-                           + (", ".join(names) or "none yet"))
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark (side by side, ratio, JSON under "
+        "reports/bench); without NAME: list them",
+        description="benchmarks: " + (", ".join(names) or "none yet"),
+    )
     bench.add_argument("name", nargs="?", choices=names, metavar="NAME")
     bench.set_defaults(func=_bench)
     for module in COMMAND_MODULES:  # a missing module is an error, not a smaller CLI

@@ -1,5 +1,6 @@
 """The one typed config. Defaults run on one machine; every field is overridable by `MMI_<FIELD>`
 (read and type-checked by pydantic-settings)."""
+
 from __future__ import annotations
 
 import os
@@ -20,17 +21,24 @@ class Config(BaseSettings):
 
     home: Path = REPO_ROOT / ".mmi"  # all state: Delta tables, registry, models, reports
     dataset: str = "movielens"  # adapter name in spark_jobs.adapters
-    # MovieLens 2018 (posters for 97.7% of movies); the 2016 sample "movielens-latest-small-posters" also works
-    dataset_dir: Path = REPO_ROOT.parent / "shared" / "datasets" / "movielens-latest-small-2018-posters"
+    # MovieLens 2018 (posters for 97.7% of movies);
+    # the 2016 sample "movielens-latest-small-posters" also works
+    dataset_dir: Path = (
+        REPO_ROOT.parent / "shared" / "datasets" / "movielens-latest-small-2018-posters"
+    )
     spark_master: str = "local[*]"
     spark_driver_memory: str = "4g"
-    spark_shuffle_partitions: int = 0  # 0 = sized from the data (AQE, spark_jobs/session.py); > 0 = fixed override
+    spark_shuffle_partitions: int = (
+        0  # 0 = sized from the data (AQE, spark_jobs/session.py); > 0 = fixed override
+    )
     max_bad_fraction: float = 0.05  # ingest fails past this share of quarantined rows
     # `features materialize` fails when an online view's newest row is older than this many hours
     # before the window's end; 0 = report the lag only (the bundled dataset is historical)
     max_feature_lag_hours: float = 0.0
     max_text_chars: int = 2000
-    delta_commit_attempts: int = 8  # tries of one Delta commit that conflicts with concurrent writers
+    delta_commit_attempts: int = (
+        8  # tries of one Delta commit that conflicts with concurrent writers
+    )
     positive_rating: float = 4.0  # label = rating >= this
     rating_min: float = 0.5
     rating_max: float = 5.0
@@ -44,8 +52,12 @@ class Config(BaseSettings):
     serve_max_items: int = 500
     serve_token: str = "change-me"
     seed: int = 7
-    encoder_dir: Path = Path("")  # content encoder for embeddings; empty = <home>/models/content/current
-    model_dir: Path = Path("")  # promoted CTR model of the ranker; empty = <home>/models/ctr/current
+    encoder_dir: Path = Path(
+        ""
+    )  # content encoder for embeddings; empty = <home>/models/content/current
+    model_dir: Path = Path(
+        ""
+    )  # promoted CTR model of the ranker; empty = <home>/models/ctr/current
 
     def table(self, name: str) -> str:
         """Path of the Delta table `name`."""
@@ -66,8 +78,10 @@ class Config(BaseSettings):
     def sources(self) -> dict[str, str]:
         """Field name -> 'env' or 'default', for `mmi config show`."""
         env = {name.upper() for name in os.environ}
-        return {name: ("env" if (ENV_PREFIX + name).upper() in env else "default")
-                for name in type(self).model_fields}
+        return {
+            name: ("env" if (ENV_PREFIX + name).upper() in env else "default")
+            for name in type(self).model_fields
+        }
 
 
 def load_config(**overrides) -> Config:
@@ -79,10 +93,14 @@ def load_config(**overrides) -> Config:
     def model_path(value: Path, default: Path) -> Path:
         return default if str(value) in ("", ".") else value.resolve()
 
-    return cfg.model_copy(update={
-        "home": home, "dataset_dir": cfg.dataset_dir.resolve(),
-        "encoder_dir": model_path(cfg.encoder_dir, home / "models" / "content" / "current"),
-        "model_dir": model_path(cfg.model_dir, home / "models" / "ctr" / "current")})
+    return cfg.model_copy(
+        update={
+            "home": home,
+            "dataset_dir": cfg.dataset_dir.resolve(),
+            "encoder_dir": model_path(cfg.encoder_dir, home / "models" / "content" / "current"),
+            "model_dir": model_path(cfg.model_dir, home / "models" / "ctr" / "current"),
+        }
+    )
 
 
 @lru_cache(maxsize=1)

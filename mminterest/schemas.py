@@ -5,6 +5,7 @@ Derived from here: the Spark schemas of the jobs (spark_jobs/schemas.py), the Fe
 (feature_repo/feature_views.py), the new-item rows (serving/new_items.py) and test fixtures.
 A field's `description` metadata becomes the Feast field description.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -12,7 +13,10 @@ import pyarrow as pa
 
 MODALITIES = ("img", "txt")  # modalities of the similarity / distribution features
 VECTORS = (*MODALITIES, "fused")  # item vectors; fused feeds the models directly
-ITEM_ATTRIBUTES = ("category", "has_img")  # item attributes the ranker reads online with the vectors
+ITEM_ATTRIBUTES = (
+    "category",
+    "has_img",
+)  # item attributes the ranker reads online with the vectors
 UNKNOWN_CATEGORY = "unknown"  # the category of an item with none
 TS = pa.timestamp("us", tz="UTC")
 
@@ -25,42 +29,80 @@ def _field(name: str, typ: pa.DataType, description: str = "") -> pa.Field:
     return pa.field(name, typ, metadata={"description": description} if description else None)
 
 
-INTERACTIONS = pa.schema([
-    _field("user_id", pa.int64()), _field("item_id", pa.int64()), _field("event_ts", TS),
-    _field("rating", pa.float64()), _field("label", pa.int32())])
-ITEMS = pa.schema([
-    _field("item_id", pa.int64()), _field("title", pa.string()), _field("text", pa.string()),
-    _field("category", pa.string(), "normalised primary category (mminterest.schemas.category)"),
-    _field("image_path", pa.string(), "null = no image"),
-    _field("first_seen_ts", TS, "first interaction; null = never seen")])
-QUARANTINE = pa.schema([
-    _field("source", pa.string()), _field("record_hash", pa.string()), _field("reason", pa.string()),
-    _field("checks", _list(pa.string())), _field("record", pa.string(), "raw JSON"),
-    _field("copies", pa.int64())])
-ITEM_EMBEDDINGS = pa.schema([
-    _field("item_id", pa.int64()), _field("encoder_version", pa.string()),
-    _field("img", _list(pa.float32()), "image vector; null = no image"),
-    _field("txt", _list(pa.float32()), "text vector"),
-    _field("fused", _list(pa.float32()), "fused multimodal vector"),
-    _field("has_img", pa.bool_(), "the item has an image (img is present)"),
-    _field("content_hash", pa.string()),
-    _field("valid_from_ts", TS, "coalesce(first_seen_ts, updated_ts)"), _field("updated_ts", TS),
-    _field("category", pa.string(), "the item's normalised category (as in items)")])
-USER_BEHAVIOUR = pa.schema([
-    _field("user_id", pa.int64()), _field("event_ts", TS, "valid-from time of this state"),
-    _field("hist_item_ids", _list(pa.int64()), "most recent first, <= T"),
-    _field("hist_ts", _list(pa.int64()), "epoch seconds"), _field("hist_len", pa.int32())])
-INTEREST_FEATURES = pa.schema([
-    _field("user_id", pa.int64()), _field("item_id", pa.int64()),
-    _field("event_ts", TS, "the labelled row's time"), _field("hist_len", pa.int32()),
-    *[_field(f"sim_{m}", _list(pa.float32())) for m in MODALITIES],
-    *[_field(f"sim_mask_{m}", _list(pa.bool_())) for m in MODALITIES],
-    *[_field(f"dist_{m}", _list(pa.float32()), "l*n, row-major") for m in MODALITIES]])
+INTERACTIONS = pa.schema(
+    [
+        _field("user_id", pa.int64()),
+        _field("item_id", pa.int64()),
+        _field("event_ts", TS),
+        _field("rating", pa.float64()),
+        _field("label", pa.int32()),
+    ]
+)
+ITEMS = pa.schema(
+    [
+        _field("item_id", pa.int64()),
+        _field("title", pa.string()),
+        _field("text", pa.string()),
+        _field(
+            "category", pa.string(), "normalised primary category (mminterest.schemas.category)"
+        ),
+        _field("image_path", pa.string(), "null = no image"),
+        _field("first_seen_ts", TS, "first interaction; null = never seen"),
+    ]
+)
+QUARANTINE = pa.schema(
+    [
+        _field("source", pa.string()),
+        _field("record_hash", pa.string()),
+        _field("reason", pa.string()),
+        _field("checks", _list(pa.string())),
+        _field("record", pa.string(), "raw JSON"),
+        _field("copies", pa.int64()),
+    ]
+)
+ITEM_EMBEDDINGS = pa.schema(
+    [
+        _field("item_id", pa.int64()),
+        _field("encoder_version", pa.string()),
+        _field("img", _list(pa.float32()), "image vector; null = no image"),
+        _field("txt", _list(pa.float32()), "text vector"),
+        _field("fused", _list(pa.float32()), "fused multimodal vector"),
+        _field("has_img", pa.bool_(), "the item has an image (img is present)"),
+        _field("content_hash", pa.string()),
+        _field("valid_from_ts", TS, "coalesce(first_seen_ts, updated_ts)"),
+        _field("updated_ts", TS),
+        _field("category", pa.string(), "the item's normalised category (as in items)"),
+    ]
+)
+USER_BEHAVIOUR = pa.schema(
+    [
+        _field("user_id", pa.int64()),
+        _field("event_ts", TS, "valid-from time of this state"),
+        _field("hist_item_ids", _list(pa.int64()), "most recent first, <= T"),
+        _field("hist_ts", _list(pa.int64()), "epoch seconds"),
+        _field("hist_len", pa.int32()),
+    ]
+)
+INTEREST_FEATURES = pa.schema(
+    [
+        _field("user_id", pa.int64()),
+        _field("item_id", pa.int64()),
+        _field("event_ts", TS, "the labelled row's time"),
+        _field("hist_len", pa.int32()),
+        *[_field(f"sim_{m}", _list(pa.float32())) for m in MODALITIES],
+        *[_field(f"sim_mask_{m}", _list(pa.bool_())) for m in MODALITIES],
+        *[_field(f"dist_{m}", _list(pa.float32()), "l*n, row-major") for m in MODALITIES],
+    ]
+)
 
 TABLES: dict[str, pa.Schema] = {
-    "interactions": INTERACTIONS, "items": ITEMS, "quarantine": QUARANTINE,
-    "item_embeddings": ITEM_EMBEDDINGS, "user_behaviour": USER_BEHAVIOUR,
-    "interest_features": INTEREST_FEATURES}
+    "interactions": INTERACTIONS,
+    "items": ITEMS,
+    "quarantine": QUARANTINE,
+    "item_embeddings": ITEM_EMBEDDINGS,
+    "user_behaviour": USER_BEHAVIOUR,
+    "interest_features": INTEREST_FEATURES,
+}
 
 
 def schema(name: str, columns: list[str] | None = None) -> pa.Schema:

@@ -7,6 +7,7 @@ after `attempts` tries it raises `CommitConflict`, and nothing of that write is 
 Writers in one process take turns per table (a lock), so conflicts come only from other processes.
 Spark jobs commit through the same `committed` (spark_jobs/delta_io.py).
 """
+
 from __future__ import annotations
 
 import threading
@@ -19,11 +20,19 @@ import pandas as pd
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 T = TypeVar("T")
 MAX_WAIT_S = 2.0
-_turns: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)  # table path -> this process's writer
+_turns: defaultdict[str, threading.Lock] = defaultdict(
+    threading.Lock
+)  # table path -> this process's writer
 
 
 class CommitConflict(RuntimeError):
@@ -41,19 +50,29 @@ def committed(path: str, write: Callable[[], T], attempts: int | None = None) ->
         from mminterest.config import get_config
 
         attempts = get_config().delta_commit_attempts
-    retrying = Retrying(retry=retry_if_exception_type(CommitFailedError), stop=stop_after_attempt(max(1, attempts)),
-                        wait=wait_random_exponential(multiplier=0.05, max=MAX_WAIT_S))
+    retrying = Retrying(
+        retry=retry_if_exception_type(CommitFailedError),
+        stop=stop_after_attempt(max(1, attempts)),
+        wait=wait_random_exponential(multiplier=0.05, max=MAX_WAIT_S),
+    )
     try:
         with _turns[str(Path(path).resolve())]:
             return retrying(write)
     except RetryError as err:
-        raise CommitConflict(f"Delta table {path}: {attempts} attempt(s) all conflicted with concurrent commits "
-                             f"({err.last_attempt.exception()})") from err
+        raise CommitConflict(
+            f"Delta table {path}: {attempts} attempt(s) all conflicted with concurrent commits "
+            f"({err.last_attempt.exception()})"
+        ) from err
 
 
-def read(path: str, columns: Sequence[str] | None = None, ids: Sequence[int] | None = None,
-         key: str = "item_id") -> pd.DataFrame:
-    """The table's live rows (optionally only `columns`, only rows whose `key` is in `ids`); empty when absent."""
+def read(
+    path: str,
+    columns: Sequence[str] | None = None,
+    ids: Sequence[int] | None = None,
+    key: str = "item_id",
+) -> pd.DataFrame:
+    """The table's live rows (optionally only `columns`, only rows whose `key` is in `ids`);
+    empty when absent."""
     if not exists(path):
         return pd.DataFrame(columns=list(columns or []))
     filters = [(key, "in", list(ids))] if ids is not None else None
@@ -64,8 +83,13 @@ def schema(path: str) -> pa.Schema:
     return pa.schema(DeltaTable(path).schema().to_arrow())
 
 
-def merge_arrow(table: pa.Table, path: str, keys: Sequence[str], newer: str | None = None,
-                attempts: int | None = None) -> int:
+def merge_arrow(
+    table: pa.Table,
+    path: str,
+    keys: Sequence[str],
+    newer: str | None = None,
+    attempts: int | None = None,
+) -> int:
     """Upsert `table` on `keys` (creating the table when absent); with `newer`, a matched row is only
     replaced by a source row whose `newer` column is not older (a late writer with stale content
     loses). One commit, retried on conflicts; returns the version."""
@@ -94,6 +118,7 @@ def delete(path: str, key: str, ids: Sequence[int], attempts: int | None = None)
 def _creating_as_conflict(write: Callable[[], T]) -> Callable[[], T]:
     """Two writers creating the same table at once: the loser's 'table exists' becomes a retryable
     conflict (its retry then merges into the winner's table)."""
+
     def attempt() -> T:
         try:
             return write()
@@ -101,4 +126,5 @@ def _creating_as_conflict(write: Callable[[], T]) -> Callable[[], T]:
             if "already exists" in str(err) and not isinstance(err, CommitFailedError):
                 raise CommitFailedError(str(err)) from err
             raise
+
     return attempt

@@ -9,6 +9,7 @@ Errors are `{"detail": reason}` with a 4xx for bad input and 503 while the model
 is unavailable; the model and the store are opened lazily and retried, so the service recovers by
 itself when they come back.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,7 +29,13 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from starlette.datastructures import UploadFile
 
@@ -36,10 +43,15 @@ log = logging.getLogger(__name__)
 
 ROUTES = ("/rank", "/items", "/healthz", "/readyz", "/metrics")
 MAX_BODY_BYTES = 8 << 20  # default request body limit (an image upload fits)
-BUCKETS = (.001, .0025, .005, .01, .015, .02, .025, .05, .1, .25, .5, 1, 2.5, 10)
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 # what an unreachable online store raises (Redis down, SQLite file gone or locked)
-UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, sqlite3.Error,
-               ConnectionError, TimeoutError)
+UNREACHABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    sqlite3.Error,
+    ConnectionError,
+    TimeoutError,
+)
 Id = Annotated[StrictInt, Field(ge=0, lt=2**63)]
 
 
@@ -71,15 +83,28 @@ class Service:
         self._features, self._ranker = features, ranker
         self._lock = threading.Lock()
         self.registry = CollectorRegistry()
-        self.requests = Counter("mmi_http_requests", "HTTP requests by route and status",
-                                ["route", "status"], registry=self.registry)
-        self.latency = Histogram("mmi_http_request_seconds", "request latency by route", ["route"],
-                                 buckets=BUCKETS, registry=self.registry)
-        self.fetch_time = Histogram("mmi_feature_fetch_seconds", "online feature fetch per /rank "
-                                    "(Feast reads + feature math)", buckets=BUCKETS,
-                                    registry=self.registry)
-        self.model_time = Histogram("mmi_model_seconds", "model scoring per /rank",
-                                    buckets=BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "mmi_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mmi_http_request_seconds",
+            "request latency by route",
+            ["route"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.fetch_time = Histogram(
+            "mmi_feature_fetch_seconds",
+            "online feature fetch per /rank (Feast reads + feature math)",
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.model_time = Histogram(
+            "mmi_model_seconds", "model scoring per /rank", buckets=BUCKETS, registry=self.registry
+        )
 
     def ranker(self):
         if self._ranker is None:
@@ -93,9 +118,11 @@ class Service:
                         raise Unavailable(f"model not loaded: {err}") from err
                     model, cfg = ranker.model.cfg, self.cfg
                     if (model.T, model.l, model.n) != (cfg.seq_len, cfg.time_slices, cfg.sim_bins):
-                        raise Unavailable(f"model not loaded: it takes T, l, n = {model.T}, "
-                                          f"{model.l}, {model.n}; the features have "
-                                          f"{cfg.seq_len}, {cfg.time_slices}, {cfg.sim_bins}")
+                        raise Unavailable(
+                            f"model not loaded: it takes T, l, n = {model.T}, "
+                            f"{model.l}, {model.n}; the features have "
+                            f"{cfg.seq_len}, {cfg.time_slices}, {cfg.sim_bins}"
+                        )
                     self._ranker = ranker
                     log.info("model %s loaded from %s", self._ranker.version, self.cfg.model_dir)
         return self._ranker
@@ -123,8 +150,11 @@ class Service:
 def rank(service: Service, request: RankRequest) -> dict:
     """Score and sort the candidates; statuses say what each score could use."""
     if len(request.item_ids) > service.cfg.serve_max_items:
-        raise HTTPException(413, f"too many candidates: {len(request.item_ids)} > "
-                                 f"{service.cfg.serve_max_items} (serve_max_items)")
+        raise HTTPException(
+            413,
+            f"too many candidates: {len(request.item_ids)} > "
+            f"{service.cfg.serve_max_items} (serve_max_items)",
+        )
     ranker = service.ranker()
     started = time.perf_counter()
     try:
@@ -141,17 +171,29 @@ def rank(service: Service, request: RankRequest) -> dict:
     else:
         user_status = "ok" if features.hist_len else "cold"  # cold: empty history
     order = np.argsort(-scores, kind="stable")
-    return {"user_id": request.user_id, "user_status": user_status,
-            "hist_len": features.hist_len, "model": ranker.version,
-            "items": [{"item_id": int(features.item_ids[i]), "score": float(scores[i]),
-                       "status": _item_status(features.found[i], used[i]["id"]), "used": used[i]}
-                      for i in order]}
+    return {
+        "user_id": request.user_id,
+        "user_status": user_status,
+        "hist_len": features.hist_len,
+        "model": ranker.version,
+        "items": [
+            {
+                "item_id": int(features.item_ids[i]),
+                "score": float(scores[i]),
+                "status": _item_status(features.found[i], used[i]["id"]),
+                "used": used[i],
+            }
+            for i in order
+        ],
+    }
 
 
 def _item_status(embedded: bool, known: bool) -> str:
     if not embedded:
         return "item_not_embedded"  # scored on its ID / category features only
-    return "ok" if known else "unknown_item"  # unknown: no ID embedding, scored on content + category
+    return (
+        "ok" if known else "unknown_item"
+    )  # unknown: no ID embedding, scored on content + category
 
 
 async def _new_items(request: Request) -> list[dict]:
@@ -175,7 +217,7 @@ async def _new_items(request: Request) -> list[dict]:
             raise HTTPException(400, f"malformed JSON: {err}") from err
         rows = body.get("items") if isinstance(body, dict) and "items" in body else [body]
         if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-            raise HTTPException(422, "expected an item object or {\"items\": [item, ...]}")
+            raise HTTPException(422, 'expected an item object or {"items": [item, ...]}')
         rows = [{**r, "image": _b64(r.get("image"))} for r in rows]
     else:
         raise HTTPException(415, "send multipart/form-data or application/json")
@@ -205,8 +247,10 @@ def _b64(value) -> bytes | None:
 
 def _reasons(errors) -> str:
     """Validation errors as one line: 'field: message; ...'."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-                     for e in errors[:5])
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+        for e in errors[:5]
+    )
 
 
 class _Guard:
@@ -237,8 +281,9 @@ class _Guard:
         length = dict(scope["headers"]).get(b"content-length", b"")
         try:
             if length.isdigit() and int(length) > self.max_body:
-                await JSONResponse({"detail": f"request body over {self.max_body} bytes"},
-                                   413)(scope, receive, sending)
+                await JSONResponse({"detail": f"request body over {self.max_body} bytes"}, 413)(
+                    scope, receive, sending
+                )
             else:
                 await self.app(scope, receiving, sending)
         finally:
@@ -268,8 +313,13 @@ def create_app(cfg, *, features=None, ranker=None, max_body_bytes: int = MAX_BOD
     async def invalid(request, exc):
         for e in exc.errors():
             if e["type"] == "json_invalid":
-                return JSONResponse({"detail": f"malformed JSON at character {e['loc'][-1]}: "
-                                     f"{e.get('ctx', {}).get('error', e['msg'])}"}, 400)
+                return JSONResponse(
+                    {
+                        "detail": f"malformed JSON at character {e['loc'][-1]}: "
+                        f"{e.get('ctx', {}).get('error', e['msg'])}"
+                    },
+                    400,
+                )
         return JSONResponse({"detail": _reasons(exc.errors())}, 422)
 
     @app.exception_handler(Unavailable)
@@ -284,22 +334,26 @@ def create_app(cfg, *, features=None, ranker=None, max_body_bytes: int = MAX_BOD
     async def post_items(request: Request, authorization: str | None = Header(None)) -> dict:
         given = (authorization or "").removeprefix("Bearer ").encode()
         if not authorization or not hmac.compare_digest(given, cfg.serve_token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
         items = await _new_items(request)
         from mminterest.tables import CommitConflict
         from serving.new_items import NewItemError, add_items  # heavy (encoders): on first use
 
         try:
             added = await run_in_threadpool(  # the encoder is loaded once per process
-                lambda: add_items(cfg, items, store=service.features().store))
+                lambda: add_items(cfg, items, store=service.features().store)
+            )
         except NewItemError as err:
             raise HTTPException(422, str(err)) from err
         except UNREACHABLE as err:
             raise Unavailable(f"online store unreachable: {err}; nothing was written") from err
         except CommitConflict as err:
             raise Unavailable(f"{err}; nothing was written, retry later") from err
-        service.features().forget([item["item_id"] for item in added])  # next /rank: the new vectors
+        service.features().forget(
+            [item["item_id"] for item in added]
+        )  # next /rank: the new vectors
         return {"added": added}
 
     @app.get("/healthz")

@@ -1,4 +1,5 @@
 """Benchmarks of the online ranker (light module: heavy imports happen inside each function)."""
+
 from __future__ import annotations
 
 import time
@@ -41,43 +42,62 @@ def serve_load() -> dict:
         request = {"user_id": user, "item_ids": items}
         models = _models(cfg, bench, Path(tmp))
         first = next(iter(models))
-        for label, model_dir, fast in [*((m, d, True) for m, d in models.items()),
-                                       (f"{first}, old read path", models[first], False)]:
+        for label, model_dir, fast in [
+            *((m, d, True) for m, d in models.items()),
+            (f"{first}, old read path", models[first], False),
+        ]:
             with _server(bench, model_dir, Path(tmp), fast) as (url, pid):
                 serve[label] = {}
                 for c in CONCURRENCY:
                     cpu = _cpu_seconds(pid)
                     serve[label][f"c{c}"] = _load(url, request, c)
                     serve[label][f"c{c}"]["cpu_ms_per_request"] = round(
-                        1000 * (_cpu_seconds(pid) - cpu) / (REQUESTS + WARMUP), 2)
+                        1000 * (_cpu_seconds(pid) - cpu) / (REQUESTS + WARMUP), 2
+                    )
                 serve[label].update(_server_times(url))
-        bare = {name: _bare_load(bench, user, items, fast)
-                for name, fast in (("Feast get_online_features", False),
-                                   ("direct Redis read (online_redis)", True))}
+        bare = {
+            name: _bare_load(bench, user, items, fast)
+            for name, fast in (
+                ("Feast get_online_features", False),
+                ("direct Redis read (online_redis)", True),
+            )
+        }
     png = _plot(cfg.reports_dir / "bench" / "serve-load.png", serve, bare)
     feast_p99 = bare["Feast get_online_features"]["c1"]["p99_ms"]
     print(f"serve-load ({data}; load avg {load_before}); goal p99 {GOAL_P99_MS:g} ms at 1 client:")
     for label, runs in {**{f"POST /rank, {k}": v for k, v in serve.items()}, **bare}.items():
-        print(f"  {label}: p50 {runs['c1']['p50_ms']} ms, p99 {runs['c1']['p99_ms']} ms "
-              f"(/ Feast p99 {runs['c1']['p99_ms'] / feast_p99:.2f}); req/s "
-              + ", ".join(f"{runs[f'c{c}']['rps']} at {c}" for c in CONCURRENCY)
-              + f"; CPU {runs['c1']['cpu_ms_per_request']} ms/request")
-    return {"data": data, "load_avg_1m_before": load_before, "user_id": user,
-            "candidates": len(items), "requests": REQUESTS, "warmup": WARMUP,
-            "concurrency": list(CONCURRENCY),
-            "serve": {label: _summary(run) for label, run in serve.items()},
-            "bare_reads": {label: _summary(run) for label, run in bare.items()},
-            "ratio_p99_over_feast_c1": {label: round(run["c1"]["p99_ms"] / feast_p99, 3)
-                                        for label, run in {**serve, **bare}.items()},
-            "goal_p99_ms": GOAL_P99_MS,
-            "goal_met_c1": {label: run["c1"]["p99_ms"] <= GOAL_P99_MS for label, run in serve.items()},
-            "plot": str(png)}
+        print(
+            f"  {label}: p50 {runs['c1']['p50_ms']} ms, p99 {runs['c1']['p99_ms']} ms "
+            f"(/ Feast p99 {runs['c1']['p99_ms'] / feast_p99:.2f}); req/s "
+            + ", ".join(f"{runs[f'c{c}']['rps']} at {c}" for c in CONCURRENCY)
+            + f"; CPU {runs['c1']['cpu_ms_per_request']} ms/request"
+        )
+    return {
+        "data": data,
+        "load_avg_1m_before": load_before,
+        "user_id": user,
+        "candidates": len(items),
+        "requests": REQUESTS,
+        "warmup": WARMUP,
+        "concurrency": list(CONCURRENCY),
+        "serve": {label: _summary(run) for label, run in serve.items()},
+        "bare_reads": {label: _summary(run) for label, run in bare.items()},
+        "ratio_p99_over_feast_c1": {
+            label: round(run["c1"]["p99_ms"] / feast_p99, 3)
+            for label, run in {**serve, **bare}.items()
+        },
+        "goal_p99_ms": GOAL_P99_MS,
+        "goal_met_c1": {label: run["c1"]["p99_ms"] <= GOAL_P99_MS for label, run in serve.items()},
+        "plot": str(png),
+    }
 
 
 def _summary(by_concurrency: dict) -> dict:
     """The figures of each run without the raw latencies."""
-    return {c: {k: v for k, v in run.items() if k != "latencies_ms"} if isinstance(run, dict)
-            else run for c, run in by_concurrency.items()}
+    return {
+        c: {k: v for k, v in run.items() if k != "latencies_ms"} if isinstance(run, dict) else run
+        for c, run in by_concurrency.items()
+    }
 
 
 def _setup(cfg, tmp, redis_url):
@@ -89,7 +109,9 @@ def _setup(cfg, tmp, redis_url):
     from feature_repo import repo
     from feature_repo.store_config import open_store
 
-    bench = cfg.model_copy(update={"home": tmp / "home", "online_store": "redis", "redis_url": redis_url})
+    bench = cfg.model_copy(
+        update={"home": tmp / "home", "online_store": "redis", "redis_url": redis_url}
+    )
     names = ("item_embeddings", "user_behaviour", "interest_features")
     if (cfg.home / "FEATURES_READY").exists():
         for name in names:  # read-only: link the project's tables into the temporary home
@@ -117,9 +139,13 @@ def _synthetic_tables(bench) -> None:
     from feature_repo import synthetic
     from feature_repo.benchmarks import DIMS
 
-    interactions = synthetic.random_interactions(users=50, items=5000, rows=20_000,
-                                                 start=pd.Timestamp("2024-01-01", tz="UTC"),
-                                                 seed=bench.seed)
+    interactions = synthetic.random_interactions(
+        users=50,
+        items=5000,
+        rows=20_000,
+        start=pd.Timestamp("2024-01-01", tz="UTC"),
+        seed=bench.seed,
+    )
     synthetic.write_tables(bench, interactions, DIMS, without_img=range(1, 5001, 3))
 
 
@@ -145,9 +171,18 @@ def _models(cfg, bench, tmp) -> dict[str, Path]:
     vocab = Vocab(users.unique(), items, ["c1", "c2"], items, 1 + items % 2)
     out = {}
     for name in FALLBACK_MODELS:
-        model = build_model(name, ModelConfig(
-            n_users=vocab.n_users, n_items=vocab.n_items, n_cats=vocab.n_cats, T=cfg.seq_len,
-            l=cfg.time_slices, n=cfg.sim_bins, mm_dim=dim))
+        model = build_model(
+            name,
+            ModelConfig(
+                n_users=vocab.n_users,
+                n_items=vocab.n_items,
+                n_cats=vocab.n_cats,
+                T=cfg.seq_len,
+                l=cfg.time_slices,
+                n=cfg.sim_bins,
+                mm_dim=dim,
+            ),
+        )
         out[f"untrained {name}"] = model.save(tmp / name)
         vocab.save(tmp / name)
     return out
@@ -167,19 +202,33 @@ def _server(bench, model_dir, tmp, fast_read: bool = True):
     from infra.procs import free_port, poll
 
     port = free_port()
-    env = {**os.environ, "MMI_HOME": str(bench.home), "MMI_ONLINE_STORE": "redis",
-           "MMI_REDIS_URL": bench.redis_url, "MMI_MODEL_DIR": str(model_dir),
-           "MMI_SEQ_LEN": str(bench.seq_len), "MMI_TIME_SLICES": str(bench.time_slices),
-           "MMI_SIM_BINS": str(bench.sim_bins), "MMI_SERVE_MAX_ITEMS": str(CANDIDATES)}
+    env = {
+        **os.environ,
+        "MMI_HOME": str(bench.home),
+        "MMI_ONLINE_STORE": "redis",
+        "MMI_REDIS_URL": bench.redis_url,
+        "MMI_MODEL_DIR": str(model_dir),
+        "MMI_SEQ_LEN": str(bench.seq_len),
+        "MMI_TIME_SLICES": str(bench.time_slices),
+        "MMI_SIM_BINS": str(bench.sim_bins),
+        "MMI_SERVE_MAX_ITEMS": str(CANDIDATES),
+    }
     log_path = tmp / f"serve-{model_dir.name}-{fast_read}.log"
     log = open(log_path, "wb")
-    command = (["-m", "mminterest.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-               if fast_read else ["-c", ("from serving.benchmarks import _serve_feast_path; "
-                                         f"_serve_feast_path({port})")])
-    proc = subprocess.Popen([sys.executable, *command], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    command = (
+        ["-m", "mminterest.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        if fast_read
+        else [
+            "-c",
+            (f"from serving.benchmarks import _serve_feast_path; _serve_feast_path({port})"),
+        ]
+    )
+    proc = subprocess.Popen(
+        [sys.executable, *command], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
+
         def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError("mmi serve exited:\n" + log_path.read_text()[-3000:])
@@ -210,9 +259,12 @@ def _stats(latencies: list[float], seconds: float) -> dict:
     import numpy as np
 
     ms = np.asarray(latencies) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "rps": round(len(ms) / seconds, 1), "latencies_ms": ms}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "rps": round(len(ms) / seconds, 1),
+        "latencies_ms": ms,
+    }
 
 
 def _run(call, concurrency: int) -> dict:
@@ -272,14 +324,17 @@ def _bare_load(bench, user: int, items: list[int], fast: bool) -> dict:
         else:
             hist = store.get_online_features(user_refs, entity_rows=[{"user_id": user}]).to_dict()
             ids = list(hist["hist_item_ids"][0] or ()) + items
-            store.get_online_features(item_refs, entity_rows=[{"item_id": i} for i in ids]).to_dict()
+            store.get_online_features(
+                item_refs, entity_rows=[{"item_id": i} for i in ids]
+            ).to_dict()
 
     out = {}
     for c in CONCURRENCY:
         cpu = time.process_time()
         out[f"c{c}"] = _run(call, c)
-        out[f"c{c}"]["cpu_ms_per_request"] = round(1000 * (time.process_time() - cpu)
-                                                  / (REQUESTS + WARMUP), 2)
+        out[f"c{c}"]["cpu_ms_per_request"] = round(
+            1000 * (time.process_time() - cpu) / (REQUESTS + WARMUP), 2
+        )
     return out
 
 
@@ -295,8 +350,13 @@ def _serve_feast_path(port: int) -> None:
     torch.set_num_threads(1)
     cfg = get_config()
     features = OnlineFeatures.from_config(cfg, fast_read=False)
-    uvicorn.run(create_app(cfg, features=features), host="127.0.0.1", port=port,
-                access_log=False, log_level="info")
+    uvicorn.run(
+        create_app(cfg, features=features),
+        host="127.0.0.1",
+        port=port,
+        access_log=False,
+        log_level="info",
+    )
 
 
 def _server_times(url: str) -> dict:
@@ -308,9 +368,12 @@ def _server_times(url: str) -> dict:
         name, _, value = line.partition(" ")
         if name.endswith(("_sum", "_count")) and name.startswith(("mmi_feature", "mmi_model")):
             values[name] = float(value)
-    return {f"server_mean_{kind}_ms": round(1000 * values[f"mmi_{kind}_seconds_sum"]
-                                            / values[f"mmi_{kind}_seconds_count"], 2)
-            for kind in ("feature_fetch", "model")}
+    return {
+        f"server_mean_{kind}_ms": round(
+            1000 * values[f"mmi_{kind}_seconds_sum"] / values[f"mmi_{kind}_seconds_count"], 2
+        )
+        for kind in ("feature_fetch", "model")
+    }
 
 
 def _plot(path, serve: dict, bare: dict):
@@ -329,12 +392,21 @@ def _plot(path, serve: dict, bare: dict):
     for k, (name, by_c) in enumerate(runs.items()):
         for c in CONCURRENCY:
             ms = np.sort(by_c[f"c{c}"]["latencies_ms"])
-            ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms), color=f"C{k}",
-                    linestyle=styles.get(c, "-."), label=f"{name}, {c} client{'s' * (c > 1)}")
+            ax.plot(
+                ms,
+                np.arange(1, len(ms) + 1) / len(ms),
+                color=f"C{k}",
+                linestyle=styles.get(c, "-."),
+                label=f"{name}, {c} client{'s' * (c > 1)}",
+            )
     ax.axvline(GOAL_P99_MS, color="grey", linestyle=":", label=f"goal p99 {GOAL_P99_MS:g} ms")
     ax.axhline(0.99, color="grey", linewidth=0.5)
-    ax.set(xscale="log", xlabel="latency (ms)", ylabel="fraction of requests",
-           title=f"1 user, {CANDIDATES} candidates, T = 64, img + txt, Redis")
+    ax.set(
+        xscale="log",
+        xlabel="latency (ms)",
+        ylabel="fraction of requests",
+        title=f"1 user, {CANDIDATES} candidates, T = 64, img + txt, Redis",
+    )
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=6, ncol=2, loc="lower right")

@@ -6,6 +6,7 @@ one history is broadcast to the B candidates (numpy views, not copies). Categori
 online store (mapped through the model's vocabulary), so an item added after training is scored
 with its category; `Ranker.used` says which features each score used.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,15 +28,22 @@ def columns(features: CandidateFeatures) -> dict[str, np.ndarray]:
     def each(history: np.ndarray) -> np.ndarray:
         return np.broadcast_to(history, (B,) + history.shape)
 
-    return {"user_id": np.full(B, features.user_id, dtype=np.int64),
-            "item_id": features.item_ids,
-            "hist_item_ids": each(features.hist_item_ids), "hist_mask": each(features.hist_mask),
-            "sim_img": features.sim_img, "sim_txt": features.sim_txt,
-            "sim_mask_img": features.sim_mask_img, "sim_mask_txt": features.sim_mask_txt,
-            "dist_img": features.dist_img, "dist_txt": features.dist_txt,
-            "target_mm": features.target_mm,
-            "hist_mm": each(features.hist_mm),
-            "category": features.category, "hist_category": each(features.hist_category)}
+    return {
+        "user_id": np.full(B, features.user_id, dtype=np.int64),
+        "item_id": features.item_ids,
+        "hist_item_ids": each(features.hist_item_ids),
+        "hist_mask": each(features.hist_mask),
+        "sim_img": features.sim_img,
+        "sim_txt": features.sim_txt,
+        "sim_mask_img": features.sim_mask_img,
+        "sim_mask_txt": features.sim_mask_txt,
+        "dist_img": features.dist_img,
+        "dist_txt": features.dist_txt,
+        "target_mm": features.target_mm,
+        "hist_mm": each(features.hist_mm),
+        "category": features.category,
+        "hist_category": each(features.hist_category),
+    }
 
 
 class Ranker:
@@ -47,7 +55,9 @@ class Ranker:
         self.version = version
         keys = set(model.required_keys())  # in eval mode
         reads = {"fused": "target_mm", **{m: f"sim_{m}" for m in VECTORS if m != "fused"}}
-        self.vectors_read = [f for f in VECTORS if reads[f] in keys]  # candidate vectors the model reads
+        self.vectors_read = [
+            f for f in VECTORS if reads[f] in keys
+        ]  # candidate vectors the model reads
 
     @classmethod
     def load(cls, directory: str | Path) -> Ranker:
@@ -81,5 +91,7 @@ class Ranker:
         cats = self.vocab.categories(features.category, features.item_ids)
         names = np.asarray([None, *self.vocab.cats], dtype=object)[cats]
         present = [(f, features.present[f]) for f in self.vectors_read]
-        return [{"id": bool(known), "category": name, "vectors": [f for f, has in present if has[b]]}
-                for b, (known, name) in enumerate(zip(self.known_items(features.item_ids), names))]
+        return [
+            {"id": bool(known), "category": name, "vectors": [f for f, has in present if has[b]]}
+            for b, (known, name) in enumerate(zip(self.known_items(features.item_ids), names))
+        ]

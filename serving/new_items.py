@@ -8,6 +8,7 @@ commit is retried on conflicts with concurrent writers, and a write that still f
 earlier ones. The rows carry the same content_hash as the embedding job computes, so its next run
 skips them; an embedding job that computed an older vector meanwhile does not overwrite them.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,11 +25,19 @@ from mminterest.config import Config
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_CATEGORY_CHARS = 200
-ONLINE_COLUMNS = ["item_id", "encoder_version", *schemas.VECTORS, *schemas.ITEM_ATTRIBUTES, "valid_from_ts"]
+ONLINE_COLUMNS = [
+    "item_id",
+    "encoder_version",
+    *schemas.VECTORS,
+    *schemas.ITEM_ATTRIBUTES,
+    "valid_from_ts",
+]
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _loaded: dict[str, tuple] = {}  # "current" -> (folder key, encoder)
-_versions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encoder -> encoder_version (serving never trains)
+_versions: weakref.WeakKeyDictionary = (
+    weakref.WeakKeyDictionary()
+)  # encoder -> encoder_version (serving never trains)
 
 
 class NewItemError(ValueError):
@@ -54,7 +63,9 @@ def _image(raw, item_id: int):
     if not isinstance(raw, (bytes, bytearray)) or not raw:
         raise NewItemError(f"item {item_id}: image must be the non-empty bytes of a JPEG/PNG file")
     if len(raw) > MAX_IMAGE_BYTES:
-        raise NewItemError(f"item {item_id}: image of {len(raw):,} bytes exceeds {MAX_IMAGE_BYTES:,}")
+        raise NewItemError(
+            f"item {item_id}: image of {len(raw):,} bytes exceeds {MAX_IMAGE_BYTES:,}"
+        )
     try:
         with Image.open(io.BytesIO(raw)) as opened:
             opened.load()
@@ -73,7 +84,7 @@ def validate(cfg: Config, items: list[dict]) -> list[dict]:
     out, seen = [], set()
     for item in items:
         item_id = item.get("item_id")
-        if isinstance(item_id, bool) or not isinstance(item_id, int) or not 0 <= item_id < 2 ** 63:
+        if isinstance(item_id, bool) or not isinstance(item_id, int) or not 0 <= item_id < 2**63:
             raise NewItemError(f"item_id must be a non-negative 64-bit integer, not {item_id!r}")
         if item_id in seen:
             raise NewItemError(f"item {item_id} given twice")
@@ -82,13 +93,27 @@ def validate(cfg: Config, items: list[dict]) -> list[dict]:
         if not isinstance(text, str) or not text.strip():
             raise NewItemError(f"item {item_id}: empty text")
         if len(text) > cfg.max_text_chars:
-            raise NewItemError(f"item {item_id}: text of {len(text):,} chars exceeds {cfg.max_text_chars:,}")
-        if category is not None and (not isinstance(category, str) or len(category) > MAX_CATEGORY_CHARS):
-            raise NewItemError(f"item {item_id}: category must be a string of <= {MAX_CATEGORY_CHARS} chars")
+            raise NewItemError(
+                f"item {item_id}: text of {len(text):,} chars exceeds {cfg.max_text_chars:,}"
+            )
+        if category is not None and (
+            not isinstance(category, str) or len(category) > MAX_CATEGORY_CHARS
+        ):
+            raise NewItemError(
+                f"item {item_id}: category must be a string of <= {MAX_CATEGORY_CHARS} chars"
+            )
         raw = item.get("image")
         pil, suffix = _image(raw, item_id) if raw is not None else (None, None)
-        out.append({"item_id": item_id, "text": text, "category": schemas.category(category), "raw": raw,
-                    "pil": pil, "suffix": suffix})
+        out.append(
+            {
+                "item_id": item_id,
+                "text": text,
+                "category": schemas.category(category),
+                "raw": raw,
+                "pil": pil,
+                "suffix": suffix,
+            }
+        )
     return out
 
 
@@ -112,13 +137,17 @@ class _Publication:
         from mminterest import tables
 
         self.cfg, self.ids, self.undo = cfg, ids, []
-        self.before = {name: tables.read(cfg.table(name), ids=ids) for name in ("items", "item_embeddings")}
+        self.before = {
+            name: tables.read(cfg.table(name), ids=ids) for name in ("items", "item_embeddings")
+        }
 
     def merge(self, name: str, table: pa.Table, newer: str | None = None) -> None:
         from mminterest import tables
 
         path = self.cfg.table(name)
-        tables.merge_arrow(table, path, ["item_id"], newer=newer, attempts=self.cfg.delta_commit_attempts)
+        tables.merge_arrow(
+            table, path, ["item_id"], newer=newer, attempts=self.cfg.delta_commit_attempts
+        )
         self.undo.append(lambda: self._restore(name))
 
     def _restore(self, name: str) -> None:
@@ -126,11 +155,19 @@ class _Publication:
         from mminterest import tables
 
         path, before = self.cfg.table(name), self.before[name]
-        tables.delete(path, "item_id", sorted(set(self.ids) - set(before["item_id"].astype(int))),
-                      self.cfg.delta_commit_attempts)
+        tables.delete(
+            path,
+            "item_id",
+            sorted(set(self.ids) - set(before["item_id"].astype(int))),
+            self.cfg.delta_commit_attempts,
+        )
         if len(before):
-            tables.merge_arrow(pa.Table.from_pandas(before, preserve_index=False).cast(tables.schema(path)), path,
-                               ["item_id"], attempts=self.cfg.delta_commit_attempts)
+            tables.merge_arrow(
+                pa.Table.from_pandas(before, preserve_index=False).cast(tables.schema(path)),
+                path,
+                ["item_id"],
+                attempts=self.cfg.delta_commit_attempts,
+            )
 
     def rollback(self) -> None:
         for undo in reversed(self.undo):
@@ -166,12 +203,20 @@ def add_items(cfg: Config, items: list[dict], *, encoder=None, store=None) -> li
             Path(path).write_bytes(it["raw"])
         paths.append(path)
     first_seen = [known.get(i) if pd.notna(known.get(i)) else None for i in ids]
-    frame = pd.DataFrame({
-        "item_id": ids, "title": [it["text"].splitlines()[0][:200] for it in checked],
-        "text": [it["text"] for it in checked], "category": [it["category"] for it in checked],
-        "image_path": paths, "first_seen_ts": pd.Series(first_seen, dtype="datetime64[us, UTC]"),
-        "content_hash": [content_hash(version, it["text"], it["category"], it["raw"]) for it in checked],
-        "updated_ts": now})
+    frame = pd.DataFrame(
+        {
+            "item_id": ids,
+            "title": [it["text"].splitlines()[0][:200] for it in checked],
+            "text": [it["text"] for it in checked],
+            "category": [it["category"] for it in checked],
+            "image_path": paths,
+            "first_seen_ts": pd.Series(first_seen, dtype="datetime64[us, UTC]"),
+            "content_hash": [
+                content_hash(version, it["text"], it["category"], it["raw"]) for it in checked
+            ],
+            "updated_ts": now,
+        }
+    )
     frame["valid_from_ts"] = frame["first_seen_ts"].fillna(now)
     rows = embed_frame(encoder, version, frame, [it["pil"] for it in checked], batch_size=64)
     rows["category"] = frame["category"].to_numpy()
@@ -182,10 +227,19 @@ def add_items(cfg: Config, items: list[dict], *, encoder=None, store=None) -> li
     try:
         publication.merge("items", _cast(frame, "items", cfg.table("items")))
         path = cfg.table("item_embeddings")
-        publication.merge("item_embeddings", _cast(rows, "item_embeddings", path), newer="updated_ts")
+        publication.merge(
+            "item_embeddings", _cast(rows, "item_embeddings", path), newer="updated_ts"
+        )
         (store or open_store(cfg)).write_to_online_store("item_embeddings", online)
     except BaseException:
         publication.rollback()
         raise
-    return [{"item_id": int(i), "encoder_version": version, "has_img": bool(h),
-             "status": "updated" if i in known else "created"} for i, h in zip(ids, rows["has_img"])]
+    return [
+        {
+            "item_id": int(i),
+            "encoder_version": version,
+            "has_img": bool(h),
+            "status": "updated" if i in known else "created",
+        }
+        for i, h in zip(ids, rows["has_img"])
+    ]

@@ -13,6 +13,7 @@ runs first, on the rows to be written.
 
     spark-submit spark_jobs/behaviour.py [--start ISO --end ISO]   or   mmi build behaviour [...]
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,19 +38,25 @@ def states(interactions: DataFrame, seq_len: int) -> DataFrame:
     # the last positive of its second carries every positive of that second in its window
     last_of_ts = F.coalesce(F.lead("event_ts").over(order) != F.col("event_ts"), F.lit(True))
     hist = F.sort_array(F.collect_list(F.struct("event_ts", "item_id")).over(last_t), asc=False)
-    return (positives.select("user_id", "event_ts", hist.alias("hist"), last_of_ts.alias("_last"))
-            .where("_last")
-            .select("user_id",
-                    F.timestamp_micros(F.unix_micros("event_ts") + 1).alias("event_ts"),
-                    F.col("hist.item_id").alias("hist_item_ids"),
-                    F.transform("hist", lambda h: F.unix_seconds(h["event_ts"])).alias("hist_ts"),
-                    F.size("hist").cast("int").alias("hist_len")))
+    return (
+        positives.select("user_id", "event_ts", hist.alias("hist"), last_of_ts.alias("_last"))
+        .where("_last")
+        .select(
+            "user_id",
+            F.timestamp_micros(F.unix_micros("event_ts") + 1).alias("event_ts"),
+            F.col("hist.item_id").alias("hist_item_ids"),
+            F.transform("hist", lambda h: F.unix_seconds(h["event_ts"])).alias("hist_ts"),
+            F.size("hist").cast("int").alias("hist_len"),
+        )
+    )
 
 
 def publish(df: DataFrame, cfg: Config, predicate: str | None = None) -> int:
     """Gate `df` with the behaviour checks, then overwrite the table, or only the rows matching
     `predicate` (one commit). Returns the version."""
-    from spark_jobs.feature_checks import check_behaviour  # lazy: Great Expectations is slow to import
+    from spark_jobs.feature_checks import (
+        check_behaviour,
+    )  # lazy: Great Expectations is slow to import
 
     check_behaviour(df, cfg)
     return delta_io.write(df, cfg.table(TABLE), mode="overwrite", predicate=predicate)
@@ -60,12 +67,17 @@ def recomputed(interactions: DataFrame, cut: increments.Cutoffs, seq_len: int) -
     after it), computed from all their positives."""
     users = F.broadcast(increments.as_frame(interactions.sparkSession, cut))
     mine = interactions.join(users.select("user_id"), "user_id", "left_semi")
-    return (states(mine, seq_len).join(users, "user_id")
-            .where(F.col("event_ts") > F.col("cutoff")).drop("cutoff"))
+    return (
+        states(mine, seq_len)
+        .join(users, "user_id")
+        .where(F.col("event_ts") > F.col("cutoff"))
+        .drop("cutoff")
+    )
 
 
-def run(cfg: Config | None = None, spark: SparkSession | None = None, start=None,
-        end=None) -> JobSummary:
+def run(
+    cfg: Config | None = None, spark: SparkSession | None = None, start=None, end=None
+) -> JobSummary:
     """Rebuild user_behaviour (no window), or bring it up to date for the window [start, end);
     return (and log) the one-line summary."""
     from spark_jobs.session import get_spark
@@ -74,11 +86,18 @@ def run(cfg: Config | None = None, spark: SparkSession | None = None, start=None
     require(cfg, "interactions")
     spark = spark or get_spark("mmi-behaviour", cfg)
     begun = time.time()
-    inputs, params = {"interactions": increments.version(cfg, "interactions")}, {"seq_len": cfg.seq_len}
+    inputs, params = (
+        {"interactions": increments.version(cfg, "interactions")},
+        {"seq_len": cfg.seq_len},
+    )
     windowed = start is not None or end is not None
     cut = increments.touched(spark, cfg, TABLE, inputs, params, start, end) if windowed else None
-    log.info("behaviour [1/3] reading %s (version %d)%s", cfg.table("interactions"),
-             inputs["interactions"], "" if cut is None else f": {len(cut):,} users to recompute")
+    log.info(
+        "behaviour [1/3] reading %s (version %d)%s",
+        cfg.table("interactions"),
+        inputs["interactions"],
+        "" if cut is None else f": {len(cut):,} users to recompute",
+    )
     interactions = increments.read_at(spark, cfg.table("interactions"), inputs["interactions"])
     if cut is None:
         out, predicate, note = states(interactions, cfg.seq_len), None, "full rebuild"
@@ -98,8 +117,9 @@ def run(cfg: Config | None = None, spark: SparkSession | None = None, start=None
         increments.save(cfg, TABLE, inputs, params)
     finally:
         out.unpersist()
-    summary = JobSummary("behaviour", rows_in, rows_out, time.time() - begun,
-                         f"states of T <= {cfg.seq_len}, {note}")
+    summary = JobSummary(
+        "behaviour", rows_in, rows_out, time.time() - begun, f"states of T <= {cfg.seq_len}, {note}"
+    )
     log.info(summary.line())
     return summary
 

@@ -1,14 +1,17 @@
 """Benchmarks of the Spark jobs (light module: heavy imports happen inside each function)."""
+
 from __future__ import annotations
 
 import os
 import time
 
-BENCHMARKS = {"delta-write": "spark_jobs.benchmarks:delta_write",
-              "cost-growth": "spark_jobs.benchmarks:cost_growth",
-              "daily-increment": "spark_jobs.daily_increment:daily_increment",
-              "interest-features": "spark_jobs.benchmarks:interest_features",
-              "embed-items": "spark_jobs.benchmarks:embed_items"}
+BENCHMARKS = {
+    "delta-write": "spark_jobs.benchmarks:delta_write",
+    "cost-growth": "spark_jobs.benchmarks:cost_growth",
+    "daily-increment": "spark_jobs.daily_increment:daily_increment",
+    "interest-features": "spark_jobs.benchmarks:interest_features",
+    "embed-items": "spark_jobs.benchmarks:embed_items",
+}
 
 
 def delta_write() -> dict:
@@ -35,9 +38,12 @@ def delta_write() -> dict:
         write_deltalake(f"{tmp}/pandas", pdf, mode="overwrite")
         pandas_s = time.perf_counter() - t0
         assert len(DeltaTable(f"{tmp}/spark").to_pandas()) == rows
-    return {"rows": rows, "delta_io_rows_per_s": round(rows / spark_s),
-            "pandas_deltalake_rows_per_s": round(rows / pandas_s),
-            "ratio_delta_io_over_pandas": round(pandas_s / spark_s, 3)}
+    return {
+        "rows": rows,
+        "delta_io_rows_per_s": round(rows / spark_s),
+        "pandas_deltalake_rows_per_s": round(rows / pandas_s),
+        "ratio_delta_io_over_pandas": round(pandas_s / spark_s, 3),
+    }
 
 
 def interest_features() -> dict:
@@ -63,21 +69,38 @@ def interest_features() -> dict:
         cfg, data = _interest_inputs(cfg, spark, Path(tmp))
         spark_s = numpy_s = math_s = float("inf")
         for _ in range(3):  # interleaved, best of 3 each: both see the same machine load
-            spark_s = min(spark_s, _timed(lambda: job.compute(spark, cfg).write.format("noop")
-                                          .mode("overwrite").save())[0])
+            spark_s = min(
+                spark_s,
+                _timed(
+                    lambda: job.compute(spark, cfg).write.format("noop").mode("overwrite").save()
+                )[0],
+            )
             seconds, (reference, math_seconds) = _timed(lambda: _numpy_interest(cfg))
             numpy_s, math_s = min(numpy_s, seconds), min(math_s, math_seconds)
-        got = job.compute(spark, cfg).toArrow().to_pandas().sort_values(
-            ["user_id", "item_id", "event_ts"]).reset_index(drop=True)
+        got = (
+            job.compute(spark, cfg)
+            .toArrow()
+            .to_pandas()
+            .sort_values(["user_id", "item_id", "event_ts"])
+            .reset_index(drop=True)
+        )
     rows = len(reference["user_id"])
     assert len(got) == rows, f"spark job gave {len(got)} rows, the reference {rows}"
-    diff = max(float(np.abs(np.stack(got[name].to_numpy()).astype(np.float64)
-                            - reference[name]).max()) for name in reference if name != "user_id")
-    return {"data": data, "rows": rows, "spark_rows_per_s": round(rows / spark_s),
-            "numpy_rows_per_s": round(rows / numpy_s),
-            "numpy_feature_math_only_rows_per_s": round(rows / math_s),
-            "ratio_spark_over_numpy": round(numpy_s / spark_s, 3), "goal_ratio": 0.7,
-            "max_abs_diff": diff}
+    diff = max(
+        float(np.abs(np.stack(got[name].to_numpy()).astype(np.float64) - reference[name]).max())
+        for name in reference
+        if name != "user_id"
+    )
+    return {
+        "data": data,
+        "rows": rows,
+        "spark_rows_per_s": round(rows / spark_s),
+        "numpy_rows_per_s": round(rows / numpy_s),
+        "numpy_feature_math_only_rows_per_s": round(rows / math_s),
+        "ratio_spark_over_numpy": round(numpy_s / spark_s, 3),
+        "goal_ratio": 0.7,
+        "max_abs_diff": diff,
+    }
 
 
 def _timed(run) -> tuple[float, object]:
@@ -107,8 +130,13 @@ def _interest_inputs(cfg, spark, tmp):
         notes.append("user_behaviour built by behaviour.states")
     if not have["item_embeddings"]:
         items = delta_io.read(spark, cfg.table("items")).select("item_id", "image_path").toPandas()
-        table = synthetic.item_embeddings(items["item_id"], [None] * len(items), DIMS,
-                                          items.loc[items["image_path"].isna(), "item_id"], cfg.seed)
+        table = synthetic.item_embeddings(
+            items["item_id"],
+            [None] * len(items),
+            DIMS,
+            items.loc[items["image_path"].isna(), "item_id"],
+            cfg.seed,
+        )
         delta_io.write(spark.createDataFrame(table), made.table("item_embeddings"))
         notes.append(f"RANDOM item vectors {DIMS} (embedding job not run; no img where no poster)")
     return made, "ingested interactions; " + "; ".join(notes)
@@ -125,35 +153,60 @@ def _numpy_interest(cfg):
     from feature_repo.online import MODALITIES, ItemVectors, target_inputs
     from spark_jobs.interest_features import chunk_rows
 
-    rows = DeltaTable(cfg.table("interactions")).to_pandas(
-        columns=["user_id", "item_id", "event_ts", "label"]).dropna(subset=["label"])
+    rows = (
+        DeltaTable(cfg.table("interactions"))
+        .to_pandas(columns=["user_id", "item_id", "event_ts", "label"])
+        .dropna(subset=["label"])
+    )
     states = DeltaTable(cfg.table("user_behaviour")).to_pyarrow_table(
-        columns=["user_id", "event_ts", "hist_item_ids"])
-    index = pd.DataFrame({"user_id": states["user_id"].to_numpy(),
-                          "state_ts": states["event_ts"].to_pandas(),
-                          "state": np.arange(len(states))}).sort_values("state_ts")
-    rows = pd.merge_asof(rows.sort_values("event_ts"), index, left_on="event_ts",
-                         right_on="state_ts", by="user_id", allow_exact_matches=True)
+        columns=["user_id", "event_ts", "hist_item_ids"]
+    )
+    index = pd.DataFrame(
+        {
+            "user_id": states["user_id"].to_numpy(),
+            "state_ts": states["event_ts"].to_pandas(),
+            "state": np.arange(len(states)),
+        }
+    ).sort_values("state_ts")
+    rows = pd.merge_asof(
+        rows.sort_values("event_ts"),
+        index,
+        left_on="event_ts",
+        right_on="state_ts",
+        by="user_id",
+        allow_exact_matches=True,
+    )
     rows = rows.sort_values(["user_id", "item_id", "event_ts"]).reset_index(drop=True)
     no_state = len(states)  # index of an empty history appended below
-    hist = pa.concat_arrays([states["hist_item_ids"].combine_chunks(),
-                             pa.array([[]], states.schema.field("hist_item_ids").type)])
+    hist = pa.concat_arrays(
+        [
+            states["hist_item_ids"].combine_chunks(),
+            pa.array([[]], states.schema.field("hist_item_ids").type),
+        ]
+    )
     hist = hist.take(pa.array(rows["state"].fillna(no_state).to_numpy(np.int64)))
-    ids, hist_mask = feature_math.stack_ragged(hist.offsets.to_numpy(), hist.values.to_numpy(),
-                                               cfg.seq_len)
-    emb = DeltaTable(cfg.table("item_embeddings")).to_pyarrow_table(columns=["item_id", *MODALITIES])
-    vectors = ItemVectors.from_rows(emb["item_id"].to_numpy(),
-                                    {m: emb[m].to_numpy(zero_copy_only=False) for m in MODALITIES})
+    ids, hist_mask = feature_math.stack_ragged(
+        hist.offsets.to_numpy(), hist.values.to_numpy(), cfg.seq_len
+    )
+    emb = DeltaTable(cfg.table("item_embeddings")).to_pyarrow_table(
+        columns=["item_id", *MODALITIES]
+    )
+    vectors = ItemVectors.from_rows(
+        emb["item_id"].to_numpy(), {m: emb[m].to_numpy(zero_copy_only=False) for m in MODALITIES}
+    )
     targets, math_s, parts = rows["item_id"].to_numpy(), 0.0, {}
     step = chunk_rows(vectors, cfg.seq_len)
     for lo in range(0, len(rows), step):
         sl = slice(lo, lo + step)
         inputs = target_inputs(vectors, targets[sl], ids[sl], hist_mask[sl])  # m -> (t, h, valid)
         started = time.perf_counter()
-        got = feature_math.target_features({m: i[0] for m, i in inputs.items()},
-                                           {m: i[1] for m, i in inputs.items()},
-                                           {m: i[2] for m, i in inputs.items()},
-                                           cfg.time_slices, cfg.sim_bins)
+        got = feature_math.target_features(
+            {m: i[0] for m, i in inputs.items()},
+            {m: i[1] for m, i in inputs.items()},
+            {m: i[2] for m, i in inputs.items()},
+            cfg.time_slices,
+            cfg.sim_bins,
+        )
         math_s += time.perf_counter() - started
         for name, value in got.items():
             parts.setdefault(name, []).append(value.reshape(len(value), -1))
@@ -162,8 +215,9 @@ def _numpy_interest(cfg):
 
 
 # infra: the same job on a 1-worker vs 2-worker standalone cluster (infra/scaling.py)
-BENCHMARKS.update({f"scaling-{job}": f"infra.scaling:scaling_{job}"
-                   for job in ("ingest", "embed", "interest")})
+BENCHMARKS.update(
+    {f"scaling-{job}": f"infra.scaling:scaling_{job}" for job in ("ingest", "embed", "interest")}
+)
 
 
 def embed_items(n_items: int = 512, batch_size: int = 64) -> dict:
@@ -194,22 +248,35 @@ def embed_items(n_items: int = 512, batch_size: int = 64) -> dict:
     frame = spark.createDataFrame(items).repartition(slots).persist()
     frame.count()
     threads = max(1, (os.cpu_count() or 1) // slots)
-    embedded = frame.mapInPandas(job.embedder(folder, version, cfg.seed, batch_size, threads), job.OUT_SCHEMA)
+    embedded = frame.mapInPandas(
+        job.embedder(folder, version, cfg.seed, batch_size, threads), job.OUT_SCHEMA
+    )
     embedded.write.format("noop").mode("overwrite").save()  # loads the model in each worker
     torch.set_num_threads(os.cpu_count() or 1)
     spark_s = torch_s = float("inf")
     texts, paths = items["text"].tolist(), items["image_path"].tolist()
     for _ in range(2):
-        spark_s = min(spark_s, _timed(lambda: embedded.write.format("noop").mode("overwrite").save())[0])
+        spark_s = min(
+            spark_s, _timed(lambda: embedded.write.format("noop").mode("overwrite").save())[0]
+        )
         seconds, ref = _timed(lambda: encoder.embed(texts, paths, batch_size=batch_size))
         torch_s = min(torch_s, seconds)
     got = embedded.toPandas().set_index("item_id").loc[items["item_id"]]
     diff = float(np.abs(np.stack(got["fused"].to_numpy()) - ref["fused"]).max())
     frame.unpersist()
-    return {"items": len(items), "with_image": int(items["image_path"].notna().sum()), "batch_size": batch_size,
-            "encoder_version": version, "spark_partitions": slots, "torch_threads_per_worker": threads,
-            "spark_items_per_s": round(len(items) / spark_s, 1), "torch_items_per_s": round(len(items) / torch_s, 1),
-            "ratio_spark_over_torch": round(torch_s / spark_s, 3), "goal_ratio": 0.9, "max_abs_diff_fused": diff}
+    return {
+        "items": len(items),
+        "with_image": int(items["image_path"].notna().sum()),
+        "batch_size": batch_size,
+        "encoder_version": version,
+        "spark_partitions": slots,
+        "torch_threads_per_worker": threads,
+        "spark_items_per_s": round(len(items) / spark_s, 1),
+        "torch_items_per_s": round(len(items) / torch_s, 1),
+        "ratio_spark_over_torch": round(torch_s / spark_s, 3),
+        "goal_ratio": 0.9,
+        "max_abs_diff_fused": diff,
+    }
 
 
 def replicate(source, factor: int, out):
@@ -225,22 +292,31 @@ def replicate(source, factor: int, out):
         if entry.name != "ratings.csv" and not (out / entry.name).exists():
             (out / entry.name).symlink_to(entry.resolve())
     ratings = pd.read_csv(source / "ratings.csv", dtype=str)
-    offset = 10 ** len(str(int(ratings["userId"].astype("int64").max())))  # copy k: user + k * offset
+    offset = 10 ** len(
+        str(int(ratings["userId"].astype("int64").max()))
+    )  # copy k: user + k * offset
     target = out / "ratings.csv"
     if target.exists() and sum(1 for _ in target.open()) == len(ratings) * factor + 1:
         return out
     with target.open("w") as fh:
         fh.write(",".join(ratings.columns) + "\n")
         for k in range(factor):
-            ratings.assign(userId=(ratings["userId"].astype("int64") + k * offset).astype(str)
-                           ).to_csv(fh, header=False, index=False)
+            ratings.assign(
+                userId=(ratings["userId"].astype("int64") + k * offset).astype(str)
+            ).to_csv(fh, header=False, index=False)
     return out
 
 
 # cost-growth: the feature jobs, each in its own `mmi` process, on the real data replicated
-JOBS = {"ingest": ["ingest"], "behaviour": ["build", "behaviour"], "embed items": ["embed", "items"],
-        "interest": ["build", "interest"], "features apply": ["features", "apply"],
-        "trainset": ["trainset", "build"], "materialize": ["features", "materialize"]}
+JOBS = {
+    "ingest": ["ingest"],
+    "behaviour": ["build", "behaviour"],
+    "embed items": ["embed", "items"],
+    "interest": ["build", "interest"],
+    "features apply": ["features", "apply"],
+    "trainset": ["trainset", "build"],
+    "materialize": ["features", "materialize"],
+}
 GOALS = {10: 11.0, 100: 60.0}  # rows factor -> most time factor allowed
 PEAK_GOAL_GB = 8.0  # per process
 
@@ -267,8 +343,12 @@ def measured(argv: list[str], env: dict[str, str], log_path, poll_s: float = 0.5
             peak_proc, peak_tree = max([peak_proc, *rss]), max(peak_tree, sum(rss))
             time.sleep(poll_s)
     gb = 1 << 30
-    return {"seconds": round(time.perf_counter() - started, 1), "exit": proc.returncode,
-            "peak_process_gb": round(peak_proc / gb, 2), "peak_tree_gb": round(peak_tree / gb, 2)}
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "exit": proc.returncode,
+        "peak_process_gb": round(peak_proc / gb, 2),
+        "peak_tree_gb": round(peak_tree / gb, 2),
+    }
 
 
 def _children(root):
@@ -302,8 +382,9 @@ def run_jobs(home, dataset_dir, log_dir, jobs=tuple(JOBS)) -> dict[str, dict]:
     mmi = str(Path(sys.executable).with_name("mmi"))
     out = {}
     for job in jobs:
-        out[job] = measured(["nice", "-n", "10", mmi, *JOBS[job]], env,
-                            log_dir / f"{job.replace(' ', '_')}.log")
+        out[job] = measured(
+            ["nice", "-n", "10", mmi, *JOBS[job]], env, log_dir / f"{job.replace(' ', '_')}.log"
+        )
         print(f"cost-growth: {home.name} {job}: {out[job]}", file=sys.stderr, flush=True)
         if out[job]["exit"]:
             break
@@ -331,8 +412,12 @@ def cost_growth(factors=None, work=None) -> dict:
         if home.exists():
             shutil.rmtree(home)
         runs[k] = run_jobs(home, data, work / f"logs-{k}x")
-    return {"factors": factors, "jobs": list(JOBS), "runs": {f"{k}x": r for k, r in runs.items()},
-            "growth": growth(runs)}
+    return {
+        "factors": factors,
+        "jobs": list(JOBS),
+        "runs": {f"{k}x": r for k, r in runs.items()},
+        "growth": growth(runs),
+    }
 
 
 def growth(runs: dict[int, dict[str, dict]]) -> dict:
@@ -349,7 +434,10 @@ def growth(runs: dict[int, dict[str, dict]]) -> dict:
                 rows[job] = {"completed": not got["exit"]}
                 continue
             factor = got["seconds"] / base[job]["seconds"]
-            rows[job] = {"time_factor": round(factor, 2), "slope": round(math.log(factor) / math.log(k), 3)}
+            rows[job] = {
+                "time_factor": round(factor, 2),
+                "slope": round(math.log(factor) / math.log(k), 3),
+            }
             if k in GOALS:
                 rows[job]["time_goal_met"] = factor <= GOALS[k]
             if k == 100:

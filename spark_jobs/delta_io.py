@@ -8,6 +8,7 @@ Every delta-rs commit goes through `mminterest.tables.committed`: a conflict wit
 writer (new items from the ranker, another job) re-runs the commit on the newest snapshot.
 Spark-free readers and writers use `mminterest.tables` directly.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -24,7 +25,9 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from mminterest.tables import committed, exists
 
-_BATCH_BYTES = 32 << 20  # uncompressed bytes per Arrow batch streamed into a commit (~64k narrow rows)
+_BATCH_BYTES = (
+    32 << 20
+)  # uncompressed bytes per Arrow batch streamed into a commit (~64k narrow rows)
 
 
 def delta_jvm_available(spark: SparkSession) -> bool:
@@ -48,8 +51,13 @@ def read(spark: SparkSession, path: str) -> DataFrame:
     return spark.read.option("basePath", path).parquet(*files)
 
 
-def write(df: DataFrame, path: str, mode: str = "overwrite", predicate: str | None = None,
-          partition_by: Sequence[str] | None = None) -> int:
+def write(
+    df: DataFrame,
+    path: str,
+    mode: str = "overwrite",
+    predicate: str | None = None,
+    partition_by: Sequence[str] | None = None,
+) -> int:
     """Overwrite (optionally only rows matching `predicate`) or append; one commit. Returns the version."""
     if delta_jvm_available(df.sparkSession):
         writer = df.write.format("delta").mode(mode)
@@ -60,10 +68,17 @@ def write(df: DataFrame, path: str, mode: str = "overwrite", predicate: str | No
         writer.save(path)
     else:
         with _staged(df, path) as batches:
-            committed(path, lambda: write_deltalake(
-                path, batches(), mode=mode, predicate=predicate,
-                partition_by=list(partition_by) if partition_by else None,
-                schema_mode="overwrite" if mode == "overwrite" and not predicate else None))
+            committed(
+                path,
+                lambda: write_deltalake(
+                    path,
+                    batches(),
+                    mode=mode,
+                    predicate=predicate,
+                    partition_by=list(partition_by) if partition_by else None,
+                    schema_mode="overwrite" if mode == "overwrite" and not predicate else None,
+                ),
+            )
     return DeltaTable(path).version()
 
 
@@ -77,13 +92,26 @@ def merge(df: DataFrame, path: str, keys: Sequence[str], newer: str | None = Non
     if delta_jvm_available(df.sparkSession):
         from delta.tables import DeltaTable as SparkDeltaTable
 
-        (SparkDeltaTable.forPath(df.sparkSession, path).alias("t").merge(df.alias("s"), condition)
-         .whenMatchedUpdateAll(update).whenNotMatchedInsertAll().execute())
+        (
+            SparkDeltaTable.forPath(df.sparkSession, path)
+            .alias("t")
+            .merge(df.alias("s"), condition)
+            .whenMatchedUpdateAll(update)
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
     else:
         with _staged(df, path) as batches:
-            committed(path, lambda: (DeltaTable(path).merge(batches(), condition, source_alias="s", target_alias="t")
-                                     .when_matched_update_all(predicate=update).when_not_matched_insert_all()
-                                     .execute()))
+            committed(
+                path,
+                lambda: (
+                    DeltaTable(path)
+                    .merge(batches(), condition, source_alias="s", target_alias="t")
+                    .when_matched_update_all(predicate=update)
+                    .when_not_matched_insert_all()
+                    .execute()
+                ),
+            )
     return DeltaTable(path).version()
 
 
@@ -97,8 +125,13 @@ def _staged(df: DataFrame, path: str) -> Iterator[Callable[[], pa.RecordBatchRea
         files = sorted(str(p) for p in Path(staging).glob("*.parquet"))
         rows = _batch_rows(files)
         # one batch read ahead, one file at a time: driver memory stays flat whatever the table's size
-        yield lambda: pads.dataset(files, format="parquet").scanner(
-            batch_size=rows, batch_readahead=1, fragment_readahead=1).to_reader()
+        yield (
+            lambda: (
+                pads.dataset(files, format="parquet")
+                .scanner(batch_size=rows, batch_readahead=1, fragment_readahead=1)
+                .to_reader()
+            )
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -12,6 +12,7 @@ file with its old rows). The consumed versions (the job's watermark) are saved a
 commit together with the version that commit made; a crash in between only repeats idempotent
 work, and a table written by anything else (or a missing watermark) means a full rebuild.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,9 @@ EVENT_COLUMNS = ["user_id", "item_id", "event_ts", "rating", "label"]
 EMBEDDING_COLUMNS = ["item_id", "encoder_version", "content_hash"]
 
 
-def touched(spark: SparkSession, cfg: Config, table: str, inputs: dict[str, int], params: dict,
-            start, end) -> Cutoffs | None:
+def touched(
+    spark: SparkSession, cfg: Config, table: str, inputs: dict[str, int], params: dict, start, end
+) -> Cutoffs | None:
     """Users to recompute in `table` (with their cutoffs) for a run over [start, end) whose inputs
     are now at `inputs` (interactions, and item_embeddings for interest features); None when only
     a full rebuild is safe (no watermark, other params, the table written by something else)."""
@@ -49,12 +51,20 @@ def touched(spark: SparkSession, cfg: Config, table: str, inputs: dict[str, int]
             return None
         events.append(rows.select("user_id", "event_ts"))
     if "item_embeddings" in inputs and mark["item_embeddings"] != inputs["item_embeddings"]:
-        items = changed(spark, cfg.table("item_embeddings"), mark["item_embeddings"],
-                        inputs["item_embeddings"], EMBEDDING_COLUMNS)
+        items = changed(
+            spark,
+            cfg.table("item_embeddings"),
+            mark["item_embeddings"],
+            inputs["item_embeddings"],
+            EMBEDDING_COLUMNS,
+        )
         if items is None:
             return None  # a changed item vector changes every row with the item as target or in history
-        events.append(interactions.join(F.broadcast(items.select("item_id").distinct()), "item_id",
-                                        "left_semi").select("user_id", "event_ts"))
+        events.append(
+            interactions.join(
+                F.broadcast(items.select("item_id").distinct()), "item_id", "left_semi"
+            ).select("user_id", "event_ts")
+        )
     return cutoffs(reduce(DataFrame.unionByName, events))
 
 
@@ -64,8 +74,12 @@ def version(cfg: Config, table: str) -> int:
 
 def read_at(spark: SparkSession, path: str, at: int) -> DataFrame:
     """The Delta table at `path` as of version `at` (a pinned read: later commits are not seen)."""
-    return _read_files(spark, path, DeltaTable(path, version=at).file_uris(),
-                       DeltaTable(path, version=at).schema().to_arrow())
+    return _read_files(
+        spark,
+        path,
+        DeltaTable(path, version=at).file_uris(),
+        DeltaTable(path, version=at).schema().to_arrow(),
+    )
 
 
 def _read_files(spark: SparkSession, path: str, files, schema) -> DataFrame:
@@ -78,7 +92,9 @@ def _read_files(spark: SparkSession, path: str, files, schema) -> DataFrame:
     return spark.read.option("basePath", path).parquet(*files)
 
 
-def changed(spark: SparkSession, path: str, since: int, now: int, columns: list[str]) -> DataFrame | None:
+def changed(
+    spark: SparkSession, path: str, since: int, now: int, columns: list[str]
+) -> DataFrame | None:
     """Rows (projected on `columns`) added, removed or updated between versions `since` and `now`,
     from the files those commits added and removed; None when an old file is gone (vacuumed)."""
     old, new = DeltaTable(path, version=since), DeltaTable(path, version=now)
@@ -111,8 +127,9 @@ def cutoffs(events: DataFrame) -> Cutoffs:
 
 def as_frame(spark: SparkSession, cut: Cutoffs) -> DataFrame:
     """The cutoffs as a small DataFrame (user_id, cutoff), to broadcast-join."""
-    return spark.createDataFrame([(u, t.to_pydatetime()) for u, t in cut.items()],
-                                 "user_id long, cutoff timestamp")
+    return spark.createDataFrame(
+        [(u, t.to_pydatetime()) for u, t in cut.items()], "user_id long, cutoff timestamp"
+    )
 
 
 def predicate(cut: Cutoffs, op: str) -> str:
@@ -121,11 +138,15 @@ def predicate(cut: Cutoffs, op: str) -> str:
     by_time: dict[pd.Timestamp, list[int]] = defaultdict(list)
     for user, t in cut.items():
         by_time[t].append(user)
-    return " OR ".join(f"(user_id IN ({', '.join(str(u) for u in sorted(users))}) AND "
-                       f"event_ts {op} '{t.isoformat()}')" for t, users in sorted(by_time.items()))
+    return " OR ".join(
+        f"(user_id IN ({', '.join(str(u) for u in sorted(users))}) AND "
+        f"event_ts {op} '{t.isoformat()}')"
+        for t, users in sorted(by_time.items())
+    )
 
 
 # ---- watermarks: the input versions a job's table was last computed from -----------------------
+
 
 def _watermark_path(cfg: Config, table: str) -> Path:
     return cfg.home / "delta" / "_watermarks" / f"{table}.json"
@@ -150,5 +171,7 @@ def save(cfg: Config, table: str, inputs: dict[str, int], params: dict) -> None:
     path = _watermark_path(cfg, table)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"table_version": version(cfg, table), "inputs": inputs, "params": params}))
+    tmp.write_text(
+        json.dumps({"table_version": version(cfg, table), "inputs": inputs, "params": params})
+    )
     tmp.replace(path)

@@ -17,12 +17,13 @@ validated and merged, as a full rebuild.
 
     spark-submit spark_jobs/ingest.py [--start ISO --end ISO]      or      mmi ingest [...]
 """
+
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -61,8 +62,10 @@ class IngestSummary:
 
         skipped = f", skipped {fmt(self.skipped)}" if self.skipped else ""
         window = f" [window {self.window}]" if self.window else ""
-        return (f"ingest{window}: rows in {fmt(self.rows_in)}, written {fmt(self.written)}, "
-                f"quarantined {fmt(self.quarantined)}{skipped}, {self.seconds:.1f} s")
+        return (
+            f"ingest{window}: rows in {fmt(self.rows_in)}, written {fmt(self.written)}, "
+            f"quarantined {fmt(self.quarantined)}{skipped}, {self.seconds:.1f} s"
+        )
 
 
 def _image_status(paths: pd.Series) -> pd.Series:
@@ -85,38 +88,52 @@ def _image_status(paths: pd.Series) -> pd.Series:
 def _first_of(df: DataFrame, keys: list[str], name: str) -> DataFrame:
     """Flag the first row (in input order) of each key; rows with a NULL key are not duplicates."""
     rank = F.row_number().over(Window.partitionBy(*keys).orderBy(RID))
-    null_key = F.greatest(*[F.col(k).isNull() for k in keys]) if len(keys) > 1 else F.col(keys[0]).isNull()
+    null_key = (
+        F.greatest(*[F.col(k).isNull() for k in keys]) if len(keys) > 1 else F.col(keys[0]).isNull()
+    )
     return df.withColumn(name, null_key | (rank == 1))
 
 
 def _validated(df: DataFrame, source: str, checks, report_dir: Path) -> tuple[DataFrame, DataFrame]:
     """(good rows, quarantine rows) of `df`; nothing to validate (a windowed run) runs no suite."""
     if df.isEmpty():
-        return df, df.select(F.lit(source).alias("source"), F.sha2("_raw", 256).alias("record_hash"),
-                             F.lit(None).cast("string").alias("reason"),
-                             F.array().cast("array<string>").alias("checks"), F.col("_raw").alias("record"))
+        return df, df.select(
+            F.lit(source).alias("source"),
+            F.sha2("_raw", 256).alias("record_hash"),
+            F.lit(None).cast("string").alias("reason"),
+            F.array().cast("array<string>").alias("checks"),
+            F.col("_raw").alias("record"),
+        )
     result = run_suite(df, f"ingest_{source}", checks, RID, report_dir)
     good, bad = split_failed(df, result, checks, RID)
-    quarantine = bad.select(F.lit(source).alias("source"), F.sha2("_raw", 256).alias("record_hash"),
-                            "reason", "checks", F.col("_raw").alias("record"))
+    quarantine = bad.select(
+        F.lit(source).alias("source"),
+        F.sha2("_raw", 256).alias("record_hash"),
+        "reason",
+        "checks",
+        F.col("_raw").alias("record"),
+    )
     return good, quarantine
 
 
-def _held_back(df: DataFrame, held: DataFrame | None, columns: list[str], *flags: str
-               ) -> tuple[DataFrame, DataFrame | None]:
+def _held_back(
+    df: DataFrame, held: DataFrame | None, columns: list[str], *flags: str
+) -> tuple[DataFrame, DataFrame | None]:
     """(rows to validate, rows kept as already validated): a row is kept when every flag is true
     and a row of `held` (what the table holds) equals it on `columns` (nulls equal)."""
     if held is None:
         return df, None
     ok = df.where(" AND ".join(f"coalesce({f}, false)" for f in flags))
     match = held.select(*[F.col(c).alias(f"_held_{c}") for c in columns])
-    kept = ok.join(F.broadcast(match), [ok[c].eqNullSafe(match[f"_held_{c}"]) for c in columns],
-                   "left_semi").persist()
+    kept = ok.join(
+        F.broadcast(match), [ok[c].eqNullSafe(match[f"_held_{c}"]) for c in columns], "left_semi"
+    ).persist()
     return df.join(kept.select(RID), RID, "left_anti"), kept
 
 
-def run(cfg: Config | None = None, spark: SparkSession | None = None, start=None,
-        end=None) -> IngestSummary:
+def run(
+    cfg: Config | None = None, spark: SparkSession | None = None, start=None, end=None
+) -> IngestSummary:
     """Ingest the configured dataset (with `end`: the events before `end` not yet admitted);
     return the summary (also logged as one line)."""
     from spark_jobs.session import get_spark
@@ -134,7 +151,7 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
     report_dir = cfg.reports_dir / "validation"
     adapter = get_adapter(cfg.dataset)
     image_status = F.pandas_udf(_image_status, "string")
-    now = datetime.now(timezone.utc)  # one "now" for the range check and the replay's future
+    now = datetime.now(UTC)  # one "now" for the range check and the replay's future
 
     def staged(df: DataFrame) -> DataFrame:
         return df.withColumn(RID, F.monotonically_increasing_id()).persist()
@@ -142,13 +159,18 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
     def held(name: str) -> DataFrame | None:
         """What table `name` holds (windowed runs only)."""
         path = cfg.table(name)
-        return delta_io.read(spark, path).persist() if end is not None and delta_io.exists(path) else None
+        return (
+            delta_io.read(spark, path).persist()
+            if end is not None and delta_io.exists(path)
+            else None
+        )
 
     held_items = held("items")
     log.info("ingest [1/4] validating items from %s", cfg.dataset_dir)
     items = _first_of(staged(adapter.items(spark, cfg)), ["item_id"], "first_of_id")
-    items, kept_items = _held_back(items, held_items, ["item_id", "title", "text", "category"],
-                                   "first_of_id")
+    items, kept_items = _held_back(
+        items, held_items, ["item_id", "title", "text", "category"], "first_of_id"
+    )
     good_items, q_items = _validated(items, "items", item_checks(cfg.max_text_chars), report_dir)
     if kept_items is not None:
         good_items = good_items.unionByName(kept_items)
@@ -157,13 +179,21 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
 
     log.info("ingest [2/4] validating images")
     images = staged(adapter.images(spark, cfg))
-    images = (_first_of(images, ["item_id"], "first_of_id")
-              .join(F.broadcast(known), "item_id", "left").fillna(False, ["item_known"]))
-    images, kept_images = _held_back(images, held_items, ["item_id", "image_path"],
-                                     "first_of_id", "item_known")
-    images = (images.withColumn("_status", image_status("image_path"))
-              .withColumn("image_exists", F.col("_status") != "missing")
-              .withColumn("image_decodes", F.when(F.col("_status") != "missing", F.col("_status") == "ok")))
+    images = (
+        _first_of(images, ["item_id"], "first_of_id")
+        .join(F.broadcast(known), "item_id", "left")
+        .fillna(False, ["item_known"])
+    )
+    images, kept_images = _held_back(
+        images, held_items, ["item_id", "image_path"], "first_of_id", "item_known"
+    )
+    images = (
+        images.withColumn("_status", image_status("image_path"))
+        .withColumn("image_exists", F.col("_status") != "missing")
+        .withColumn(
+            "image_decodes", F.when(F.col("_status") != "missing", F.col("_status") == "ok")
+        )
+    )
     good_images, q_images = _validated(images, "images", image_checks(), report_dir)
     if kept_images is not None:
         good_images = good_images.select(*kept_images.columns).unionByName(kept_images)
@@ -179,24 +209,40 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
         if held_events is not None:
             due = due.join(held_events.select(*INTERACTION_KEYS), INTERACTION_KEYS, "left_anti")
         total, events = events.count(), due.persist()
-        skipped = {"interactions": total - events.count(),
-                   "items": kept_items.count() if kept_items is not None else 0,
-                   "images": kept_images.count() if kept_images is not None else 0}
-    events = (_first_of(events, INTERACTION_KEYS, "first_of_key")
-              .join(F.broadcast(known), "item_id", "left").fillna(False, ["item_known"]))
+        skipped = {
+            "interactions": total - events.count(),
+            "items": kept_items.count() if kept_items is not None else 0,
+            "images": kept_images.count() if kept_images is not None else 0,
+        }
+    events = (
+        _first_of(events, INTERACTION_KEYS, "first_of_key")
+        .join(F.broadcast(known), "item_id", "left")
+        .fillna(False, ["item_known"])
+    )
     checks = interaction_checks(cfg.rating_min, cfg.rating_max, now)
     good_events, q_events = _validated(events, "interactions", checks, report_dir)
     good_events = good_events.select(
-        "user_id", "item_id", "event_ts", "rating",
-        (F.col("rating") >= cfg.positive_rating).cast("int").alias("label")).persist()
+        "user_id",
+        "item_id",
+        "event_ts",
+        "rating",
+        (F.col("rating") >= cfg.positive_rating).cast("int").alias("label"),
+    ).persist()
 
     quarantine = q_items.unionByName(q_images).unionByName(q_events)
-    quarantine = (quarantine.groupBy("source", "record_hash", "reason", "checks", "record")
-                  .agg(F.count("*").alias("copies")).persist())
+    quarantine = (
+        quarantine.groupBy("source", "record_hash", "reason", "checks", "record")
+        .agg(F.count("*").alias("copies"))
+        .persist()
+    )
     rows_in = {"interactions": events.count(), "items": items.count(), "images": images.count()}
     bad = {s: 0 for s in rows_in}
-    bad.update({r["source"]: r["n"] for r in
-                quarantine.groupBy("source").agg(F.sum("copies").alias("n")).collect()})
+    bad.update(
+        {
+            r["source"]: r["n"]
+            for r in quarantine.groupBy("source").agg(F.sum("copies").alias("n")).collect()
+        }
+    )
 
     log.info("ingest [4/4] writing Delta tables under %s", cfg.home / "delta")
     if not quarantine.isEmpty() or not delta_io.exists(cfg.table("quarantine")):
@@ -207,20 +253,29 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
         raise BadInputError(
             f"ingest refused: bad-row share above max_bad_fraction={cfg.max_bad_fraction:.1%} "
             f"({shares}); {sum(bad.values()):,} rows are in {cfg.table('quarantine')}, reports in "
-            f"{report_dir}; good tables untouched")
+            f"{report_dir}; good tables untouched"
+        )
 
     first_seen = good_events.groupBy("item_id").agg(F.min("event_ts").alias("first_seen_ts"))
-    items_out = (good_items.select("item_id", "title", "text", "category")
-                 .join(good_images.select("item_id", "image_path"), "item_id", "left")
-                 .join(first_seen, "item_id", "left"))
+    items_out = (
+        good_items.select("item_id", "title", "text", "category")
+        .join(good_images.select("item_id", "image_path"), "item_id", "left")
+        .join(first_seen, "item_id", "left")
+    )
     if held_items is not None:  # first seen: the earlier of the held and the newly admitted events
         prior = held_items.select("item_id", F.col("first_seen_ts").alias("_prior"))
-        items_out = (items_out.join(prior, "item_id", "left")
-                     .withColumn("first_seen_ts", F.least("first_seen_ts", "_prior")).drop("_prior"))
+        items_out = (
+            items_out.join(prior, "item_id", "left")
+            .withColumn("first_seen_ts", F.least("first_seen_ts", "_prior"))
+            .drop("_prior")
+        )
         items_out = items_out.subtract(held_items.select(*items_out.columns))  # only changed rows
     items_out = items_out.persist()
-    written = {"interactions": good_events.count(), "items": items_out.count(),
-               "images": good_images.count() - (kept_images.count() if kept_images is not None else 0)}
+    written = {
+        "interactions": good_events.count(),
+        "items": items_out.count(),
+        "images": good_images.count() - (kept_images.count() if kept_images is not None else 0),
+    }
     if written["items"] or not delta_io.exists(cfg.table("items")):
         delta_io.merge(items_out, cfg.table("items"), ["item_id"])
     if written["interactions"] or not delta_io.exists(cfg.table("interactions")):

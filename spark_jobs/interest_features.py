@@ -14,6 +14,7 @@ event on (spark_jobs/increments.py: late arrivals included), and replaces just t
 
     spark-submit spark_jobs/interest_features.py [--start ISO] [--end ISO]   or   mmi build interest ...
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,24 +47,48 @@ def with_history(interactions: DataFrame, states: DataFrame) -> DataFrame:
     """Labelled rows + `hist_item_ids` of the state in force at event_ts (empty if none): an as-of
     join done as one sort per user (states before rows at equal times: valid-from <= ts)."""
     rows = interactions.where(F.col("label").isNotNull()).select(
-        "user_id", "item_id", "event_ts", F.lit(1).alias("_kind"),
-        F.lit(None).cast("array<long>").alias("hist_item_ids"))
-    marks = states.select("user_id", F.lit(None).cast("long").alias("item_id"), "event_ts",
-                          F.lit(0).alias("_kind"), "hist_item_ids")
-    upto = (Window.partitionBy("user_id").orderBy("event_ts", "_kind")
-            .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+        "user_id",
+        "item_id",
+        "event_ts",
+        F.lit(1).alias("_kind"),
+        F.lit(None).cast("array<long>").alias("hist_item_ids"),
+    )
+    marks = states.select(
+        "user_id",
+        F.lit(None).cast("long").alias("item_id"),
+        "event_ts",
+        F.lit(0).alias("_kind"),
+        "hist_item_ids",
+    )
+    upto = (
+        Window.partitionBy("user_id")
+        .orderBy("event_ts", "_kind")
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
     state = F.last("hist_item_ids", ignorenulls=True).over(upto)
-    return (rows.unionByName(marks).withColumn("hist_item_ids", state).where("_kind = 1")
-            .select("user_id", "item_id", "event_ts",
-                    F.coalesce("hist_item_ids", F.array().cast("array<long>")).alias("hist_item_ids")))
+    return (
+        rows.unionByName(marks)
+        .withColumn("hist_item_ids", state)
+        .where("_kind = 1")
+        .select(
+            "user_id",
+            "item_id",
+            "event_ts",
+            F.coalesce("hist_item_ids", F.array().cast("array<long>")).alias("hist_item_ids"),
+        )
+    )
 
 
 def item_vectors(spark: SparkSession, cfg: Config) -> ItemVectors:
     """img and txt vectors of item_embeddings (absent where null). Content is valid from an item's
     first appearance, so no as-of is needed: every labelled row comes at or after it."""
-    table = delta_io.read(spark, cfg.table("item_embeddings")).select("item_id", *MODALITIES).toArrow()
-    return ItemVectors.from_rows(table["item_id"].to_numpy(),
-                                 {m: table[m].to_numpy(zero_copy_only=False) for m in MODALITIES})
+    table = (
+        delta_io.read(spark, cfg.table("item_embeddings")).select("item_id", *MODALITIES).toArrow()
+    )
+    return ItemVectors.from_rows(
+        table["item_id"].to_numpy(),
+        {m: table[m].to_numpy(zero_copy_only=False) for m in MODALITIES},
+    )
 
 
 def chunk_rows(vectors: ItemVectors, seq_len: int) -> int:
@@ -72,22 +97,28 @@ def chunk_rows(vectors: ItemVectors, seq_len: int) -> int:
     return max(1, CHUNK_BYTES // (seq_len * width * 8))
 
 
-def features(rows: pa.RecordBatch, vectors: ItemVectors, seq_len: int, time_slices: int,
-             sim_bins: int) -> pa.RecordBatch:
+def features(
+    rows: pa.RecordBatch, vectors: ItemVectors, seq_len: int, time_slices: int, sim_bins: int
+) -> pa.RecordBatch:
     """interest_features of an Arrow batch (user_id, item_id, event_ts, hist_item_ids): history
     assembly as the online path (`online.target_inputs`), then `feature_math.target_features`."""
     hist = rows.column("hist_item_ids")
-    ids, hist_mask = feature_math.stack_ragged(hist.offsets.to_numpy(), hist.values.to_numpy(),
-                                               seq_len)
+    ids, hist_mask = feature_math.stack_ragged(
+        hist.offsets.to_numpy(), hist.values.to_numpy(), seq_len
+    )
     targets = rows.column("item_id").to_numpy()
     step = chunk_rows(vectors, seq_len)
     parts: dict[str, list[np.ndarray]] = {}
     for lo in range(0, len(targets), step):
         sl = slice(lo, lo + step)
         inputs = target_inputs(vectors, targets[sl], ids[sl], hist_mask[sl])  # m -> (t, h, valid)
-        got = feature_math.target_features({m: i[0] for m, i in inputs.items()},
-                                           {m: i[1] for m, i in inputs.items()},
-                                           {m: i[2] for m, i in inputs.items()}, time_slices, sim_bins)
+        got = feature_math.target_features(
+            {m: i[0] for m, i in inputs.items()},
+            {m: i[1] for m, i in inputs.items()},
+            {m: i[2] for m, i in inputs.items()},
+            time_slices,
+            sim_bins,
+        )
         for name, value in got.items():
             parts.setdefault(name, []).append(value.reshape(len(value), -1))
     widths = {"sim": seq_len, "sim_mask": seq_len, "dist": time_slices * sim_bins}
@@ -99,21 +130,34 @@ def features(rows: pa.RecordBatch, vectors: ItemVectors, seq_len: int, time_slic
             dtype = bool if kind == "sim_mask" else np.float32
             value = np.concatenate(parts[name]) if name in parts else np.zeros((0, width), dtype)
             out[name] = pa.ListArray.from_arrays(
-                pa.array(np.arange(len(value) + 1, dtype=np.int32) * width), pa.array(value.ravel()))
+                pa.array(np.arange(len(value) + 1, dtype=np.int32) * width), pa.array(value.ravel())
+            )
     return pa.RecordBatch.from_pydict(out)
 
 
-def compute(spark: SparkSession, cfg: Config, cut: increments.Cutoffs | None = None,
-            interactions_version: int | None = None) -> DataFrame:
+def compute(
+    spark: SparkSession,
+    cfg: Config,
+    cut: increments.Cutoffs | None = None,
+    interactions_version: int | None = None,
+) -> DataFrame:
     """The interest_features rows (lazy): all, or those of the users of `cut` from their cutoff on."""
     path = cfg.table("interactions")
-    interactions = increments.read_at(spark, path, increments.version(cfg, "interactions")
-                                      if interactions_version is None else interactions_version)
+    interactions = increments.read_at(
+        spark,
+        path,
+        increments.version(cfg, "interactions")
+        if interactions_version is None
+        else interactions_version,
+    )
     states = delta_io.read(spark, cfg.table(BEHAVIOUR))
     if cut is not None:
         users = F.broadcast(increments.as_frame(spark, cut))
-        interactions = (interactions.join(users, "user_id").where(F.col("event_ts") >= F.col("cutoff"))
-                        .drop("cutoff"))
+        interactions = (
+            interactions.join(users, "user_id")
+            .where(F.col("event_ts") >= F.col("cutoff"))
+            .drop("cutoff")
+        )
         states = states.join(users.select("user_id"), "user_id", "left_semi")
     vectors = spark.sparkContext.broadcast(item_vectors(spark, cfg))
     seq_len, slices, bins = cfg.seq_len, cfg.time_slices, cfg.sim_bins
@@ -124,8 +168,11 @@ def compute(spark: SparkSession, cfg: Config, cut: increments.Cutoffs | None = N
         for batch in batches:
             yield features(batch, vecs, seq_len, slices, bins)
             done += batch.num_rows  # progress, in the executor's log (the console when local)
-            print(f"{time.strftime('%H:%M:%S')} interest: partition {part}: {done:,} rows",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{time.strftime('%H:%M:%S')} interest: partition {part}: {done:,} rows",
+                file=sys.stderr,
+                flush=True,
+            )
 
     return with_history(interactions, states).mapInArrow(per_batch, SCHEMA)
 
@@ -140,8 +187,9 @@ def publish(df: DataFrame, cfg: Config, predicate: str | None = None) -> int:
     return delta_io.write(df, cfg.table(TABLE), mode="overwrite", predicate=predicate)
 
 
-def run(cfg: Config | None = None, spark: SparkSession | None = None, start=None,
-        end=None) -> JobSummary:
+def run(
+    cfg: Config | None = None, spark: SparkSession | None = None, start=None, end=None
+) -> JobSummary:
     """Compute and publish interest_features: every row (no window), or the rows a run over the
     window [start, end) must recompute."""
     from spark_jobs.session import get_spark
@@ -156,8 +204,12 @@ def run(cfg: Config | None = None, spark: SparkSession | None = None, start=None
     cut = increments.touched(spark, cfg, TABLE, inputs, params, start, end) if windowed else None
     window = f"[{utc(start) or '-inf'}, {utc(end) or '+inf'})"
     note = "full rebuild" if cut is None else f"{len(cut):,} users from their earliest new event"
-    log.info("interest [1/3] %s%s, history from %s", note, f", window {window}" if windowed else "",
-             cfg.table(BEHAVIOUR))
+    log.info(
+        "interest [1/3] %s%s, history from %s",
+        note,
+        f", window {window}" if windowed else "",
+        cfg.table(BEHAVIOUR),
+    )
     out = compute(spark, cfg, cut, inputs["interactions"]).persist()
     try:
         rows = out.count()
@@ -170,8 +222,13 @@ def run(cfg: Config | None = None, spark: SparkSession | None = None, start=None
         increments.save(cfg, TABLE, inputs, params)
     finally:
         out.unpersist()
-    summary = JobSummary("interest", rows, rows, time.time() - begun,
-                         note + (f", window {window}" if windowed else ""))
+    summary = JobSummary(
+        "interest",
+        rows,
+        rows,
+        time.time() - begun,
+        note + (f", window {window}" if windowed else ""),
+    )
     log.info(summary.line())
     return summary
 

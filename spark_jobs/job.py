@@ -1,5 +1,6 @@
 """What every feature job shares: its one-line summary, a clear error for a missing input, and one
 line (exit OUT_OF_MEMORY_EXIT) when it runs out of memory."""
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,12 @@ from dataclasses import dataclass
 from mminterest.config import Config
 from spark_jobs import delta_io
 
-MADE_BY = {"interactions": "mmi ingest", "items": "mmi ingest", "user_behaviour": "mmi build behaviour",
-           "item_embeddings": "mmi embed items"}
+MADE_BY = {
+    "interactions": "mmi ingest",
+    "items": "mmi ingest",
+    "user_behaviour": "mmi build behaviour",
+    "item_embeddings": "mmi embed items",
+}
 
 
 class MissingInputError(RuntimeError):
@@ -24,8 +29,10 @@ def require(cfg: Config, *tables: str) -> None:
     """Raise MissingInputError naming each absent input table and what makes it."""
     missing = [t for t in tables if not delta_io.exists(cfg.table(t))]
     if missing:
-        raise MissingInputError("missing input table(s): " + "; ".join(
-            f"{cfg.table(t)} (made by {MADE_BY.get(t, '?')})" for t in missing))
+        raise MissingInputError(
+            "missing input table(s): "
+            + "; ".join(f"{cfg.table(t)} (made by {MADE_BY.get(t, '?')})" for t in missing)
+        )
 
 
 @dataclass(frozen=True)
@@ -40,16 +47,27 @@ class JobSummary:
 
     def line(self) -> str:
         note = f" ({self.note})" if self.note else ""
-        return (f"{self.job}: rows in {self.rows_in:,}, rows out {self.rows_out:,}{note}, "
-                f"{self.seconds:.1f} s")
+        return (
+            f"{self.job}: rows in {self.rows_in:,}, rows out {self.rows_out:,}{note}, "
+            f"{self.seconds:.1f} s"
+        )
 
 
 OUT_OF_MEMORY_EXIT = 3  # `mmi` exit code of a feature job that ran out of memory
 _JVM_OOM_EXIT = 52  # SparkExitCode.OOM: the JVM exits with it on an OutOfMemoryError in a task
-_OOM_MARKS = ("OutOfMemoryError", "Java heap space", "GC overhead limit exceeded",
-              "Cannot allocate memory")
-_JVM_GONE = ("Answer from Java side is empty", "Connection refused", "Error while sending or receiving",
-             "SparkContext was shut down", "SparkContext has been shutdown")
+_OOM_MARKS = (
+    "OutOfMemoryError",
+    "Java heap space",
+    "GC overhead limit exceeded",
+    "Cannot allocate memory",
+)
+_JVM_GONE = (
+    "Answer from Java side is empty",
+    "Connection refused",
+    "Error while sending or receiving",
+    "SparkContext was shut down",
+    "SparkContext has been shutdown",
+)
 _JVM_EXIT_WAIT_S = 30  # after a fatal error in a task, Spark stops its context, then the JVM exits
 _STAGE = re.compile(r"^(?P<job>[a-z][\w ]*?) \[(?P<k>\d+)/(?P<n>\d+)\] (?P<what>.*)$")
 
@@ -68,9 +86,9 @@ class _LastStage(logging.Handler):
 
 def guarded(run: Callable[[], int], job: str | None = None) -> int:
     """`run()`, turning an out-of-memory failure (in the Spark JVM, the Python driver or a worker)
-    into ONE line on stderr naming the job (`job`, else the one of the last progress line), its last stage and the setting to change, exit code
-    OUT_OF_MEMORY_EXIT, with no Py4J traceback cascade. Nothing is committed by then: a job's
-    Delta commit is its last step and is atomic."""
+    into ONE line on stderr naming the job (`job`, else the one of the last progress line), its
+    last stage and the setting to change, exit code OUT_OF_MEMORY_EXIT, with no Py4J traceback
+    cascade. Nothing is committed by then: a job's Delta commit is its last step and is atomic."""
     stages, py4j = _LastStage(), logging.getLogger("py4j")
     root, level = logging.getLogger(), py4j.level
     root.addHandler(stages)
@@ -78,12 +96,16 @@ def guarded(run: Callable[[], int], job: str | None = None) -> int:
     py4j.setLevel(logging.CRITICAL)  # logger too): the one line below says it
     try:
         return run()
-    except Exception as err:  # MemoryError is an Exception too; anything but out of memory is re-raised
+    except (
+        Exception
+    ) as err:  # MemoryError is an Exception too; anything but out of memory is re-raised
         jvm = _jvm_exit_code(wait=_jvm_gone(err))
         if not (_is_oom(err) or jvm == _JVM_OOM_EXIT):
             raise
         print(f"error: {oom_line(job, stages.match, jvm)}", file=sys.stderr, flush=True)
-        os._exit(OUT_OF_MEMORY_EXIT)  # not sys.exit: Spark's shutdown hooks would talk to a dead JVM
+        os._exit(
+            OUT_OF_MEMORY_EXIT
+        )  # not sys.exit: Spark's shutdown hooks would talk to a dead JVM
     finally:
         root.removeHandler(stages)
         root.removeFilter(_not_py4j)
@@ -100,14 +122,20 @@ def oom_line(job: str | None, stage: re.Match | None, jvm_exit: int | None) -> s
 
     cfg = get_config()
     job = job or (stage["job"] if stage else "feature job")
-    where = f"stage [{stage['k']}/{stage['n']}] {stage['what']}" if stage else "before its first stage"
+    where = (
+        f"stage [{stage['k']}/{stage['n']}] {stage['what']}" if stage else "before its first stage"
+    )
     died = f"; the Spark JVM exited with code {jvm_exit}" if jvm_exit is not None else ""
-    partitions = (f"or raise MMI_SPARK_SHUFFLE_PARTITIONS above {cfg.spark_shuffle_partitions}"
-                  if cfg.spark_shuffle_partitions > 0 else
-                  "or set MMI_SPARK_SHUFFLE_PARTITIONS (0 = sized from the data) to more partitions")
-    return (f"{job}: out of memory at {where} (spark_driver_memory={cfg.spark_driver_memory}{died}); "
-            f"raise MMI_SPARK_DRIVER_MEMORY (e.g. {_doubled(cfg.spark_driver_memory)}) {partitions}; "
-            "nothing was committed")
+    partitions = (
+        f"or raise MMI_SPARK_SHUFFLE_PARTITIONS above {cfg.spark_shuffle_partitions}"
+        if cfg.spark_shuffle_partitions > 0
+        else "or set MMI_SPARK_SHUFFLE_PARTITIONS (0 = sized from the data) to more partitions"
+    )
+    return (
+        f"{job}: out of memory at {where} (spark_driver_memory={cfg.spark_driver_memory}{died}); "
+        f"raise MMI_SPARK_DRIVER_MEMORY (e.g. {_doubled(cfg.spark_driver_memory)}) {partitions}; "
+        "nothing was committed"
+    )
 
 
 def _doubled(memory: str) -> str:
@@ -132,12 +160,18 @@ def _text(err: BaseException) -> str:
 
 
 def _is_oom(err: BaseException) -> bool:
-    return any(isinstance(e, MemoryError) or any(m in _text(e) for m in _OOM_MARKS) for e in _chain(err))
+    return any(
+        isinstance(e, MemoryError) or any(m in _text(e) for m in _OOM_MARKS) for e in _chain(err)
+    )
 
 
 def _jvm_gone(err: BaseException) -> bool:
-    return any(isinstance(e, ConnectionError) or "Py4JNetworkError" in type(e).__name__
-               or any(m in _text(e) for m in _JVM_GONE) for e in _chain(err))
+    return any(
+        isinstance(e, ConnectionError)
+        or "Py4JNetworkError" in type(e).__name__
+        or any(m in _text(e) for m in _JVM_GONE)
+        for e in _chain(err)
+    )
 
 
 def _jvm_exit_code(wait: bool) -> int | None:

@@ -1,4 +1,5 @@
 """Spark schemas of the Delta tables, derived from the one Arrow source (mminterest/schemas.py)."""
+
 from __future__ import annotations
 
 from pyspark.sql.pandas.types import from_arrow_schema

@@ -7,6 +7,7 @@ memory stays flat as the data grows, and a cluster with more cores gets more tas
 are split by bytes (`spark.sql.files.maxPartitionBytes`) as Spark does anyway.
 `spark_shuffle_partitions` > 0 is an override: exactly that many shuffle partitions, no coalescing.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,11 @@ def partition_conf(cfg: Config) -> dict[str, str]:
         "spark.sql.adaptive.advisoryPartitionSizeInBytes": str(PARTITION_BYTES),
         "spark.sql.adaptive.coalescePartitions.minPartitionSize": str(MIN_PARTITION_BYTES),
         "spark.sql.adaptive.coalescePartitions.initialPartitionNum": str(
-            cfg.spark_shuffle_partitions if fixed else INITIAL_PARTITIONS),
-        "spark.sql.shuffle.partitions": str(cfg.spark_shuffle_partitions if fixed else INITIAL_PARTITIONS),
+            cfg.spark_shuffle_partitions if fixed else INITIAL_PARTITIONS
+        ),
+        "spark.sql.shuffle.partitions": str(
+            cfg.spark_shuffle_partitions if fixed else INITIAL_PARTITIONS
+        ),
         "spark.sql.adaptive.skewJoin.enabled": "true",
         "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",  # persisted frames too
     }
@@ -58,11 +62,14 @@ def get_spark(app_name: str = "mminterest", cfg: Config | None = None) -> SparkS
     )
     for key, value in partition_conf(cfg).items():
         builder = builder.config(key, value)
-    if os.environ.get("MMI_DELTA_SPARK") == "1":  # delta-spark jars already on the classpath (cluster)
-        builder = (builder
-                   .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-                   .config("spark.sql.catalog.spark_catalog",
-                           "org.apache.spark.sql.delta.catalog.DeltaCatalog"))
+    if (
+        os.environ.get("MMI_DELTA_SPARK") == "1"
+    ):  # delta-spark jars already on the classpath (cluster)
+        builder = builder.config(
+            "spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension"
+        ).config(
+            "spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+        )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark

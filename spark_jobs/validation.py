@@ -12,6 +12,7 @@ Reports, beside `report_dir` (<home>/reports/validation by convention):
 The site is built by an in-memory GE context whose stores are these folders, so it needs no
 project set-up and several jobs can add to it (a file lock serialises the writes).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -26,16 +27,23 @@ from urllib.parse import unquote, urlparse
 import great_expectations as gx
 from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context.types.base import (
-    DataContextConfig, FilesystemStoreBackendDefaults, ProgressBarsConfig)
+    DataContextConfig,
+    FilesystemStoreBackendDefaults,
+    ProgressBarsConfig,
+)
 from great_expectations.data_context.types.resource_identifiers import (
-    ExpectationSuiteIdentifier, ValidationResultIdentifier)
+    ExpectationSuiteIdentifier,
+    ValidationResultIdentifier,
+)
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 log = logging.getLogger(__name__)
 SITE = "mmi"
 _CONTEXTS: dict[Path, gx.data_context.AbstractDataContext] = {}  # reports folder -> context
-PAGES: list[tuple[Path, Path]] = []  # (reports folder, Data Docs page) of each suite this process ran
+PAGES: list[
+    tuple[Path, Path]
+] = []  # (reports folder, Data Docs page) of each suite this process ran
 
 
 @dataclass(frozen=True)
@@ -69,13 +77,23 @@ def _context(reports: Path):
     reports/gx, the Data Docs site in reports/data_docs."""
     if reports not in _CONTEXTS:
         config = DataContextConfig(
-            store_backend_defaults=FilesystemStoreBackendDefaults(root_directory=str(reports / "gx")),
-            data_docs_sites={SITE: {
-                "class_name": "SiteBuilder", "show_how_to_buttons": False,
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                                  "base_directory": str(reports / "data_docs")},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}},
-            analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False))
+            store_backend_defaults=FilesystemStoreBackendDefaults(
+                root_directory=str(reports / "gx")
+            ),
+            data_docs_sites={
+                SITE: {
+                    "class_name": "SiteBuilder",
+                    "show_how_to_buttons": False,
+                    "store_backend": {
+                        "class_name": "TupleFilesystemStoreBackend",
+                        "base_directory": str(reports / "data_docs"),
+                    },
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                }
+            },
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False),
+        )
         _CONTEXTS[reports] = gx.get_context(project_config=config, mode="ephemeral")
     return _CONTEXTS[reports]
 
@@ -100,43 +118,62 @@ def _publish(ctx, reports: Path, name: str, result) -> Path:
     with _locked(reports):
         ctx.validation_results_store.set(key, result)
         ctx.build_data_docs(site_names=[SITE], resource_identifiers=[key])
-    [url] = [u["site_url"] for u in ctx.get_docs_sites_urls(resource_identifier=key, site_name=SITE)]
+    [url] = [
+        u["site_url"] for u in ctx.get_docs_sites_urls(resource_identifier=key, site_name=SITE)
+    ]
     return Path(unquote(urlparse(url).path))
 
 
-def run_suite(df: DataFrame, name: str, checks: list[Check], id_col: str, report_dir: Path) -> SuiteResult:
+def run_suite(
+    df: DataFrame, name: str, checks: list[Check], id_col: str, report_dir: Path
+) -> SuiteResult:
     """Validate `df` against `checks`; write the GE result JSON to `report_dir/<name>.json` and
     add the validation to the Data Docs of report_dir's parent folder."""
     if len({c.reason for c in checks}) != len(checks):
         raise ValueError(f"suite {name}: each check needs its own reason")
     reports = report_dir.resolve().parent
     ctx = _context(reports)
-    batch = (ctx.data_sources.add_or_update_spark(name).add_dataframe_asset(name)
-             .add_batch_definition_whole_dataframe(name).get_batch(batch_parameters={"dataframe": df}))
+    batch = (
+        ctx.data_sources.add_or_update_spark(name)
+        .add_dataframe_asset(name)
+        .add_batch_definition_whole_dataframe(name)
+        .get_batch(batch_parameters={"dataframe": df})
+    )
     suite = gx.ExpectationSuite(name=name)
     for check in checks:  # a copy: the stored suite gives its expectations ids, a Check is reusable
-        suite.add_expectation(check.expectation.copy(update={"id": None, "meta": {"reason": check.reason}}))
+        suite.add_expectation(
+            check.expectation.copy(update={"id": None, "meta": {"reason": check.reason}})
+        )
     with _locked(reports):
         suite = ctx.suites.add_or_update(suite)
-    result = batch.validate(suite, result_format={
-        "result_format": "COMPLETE", "unexpected_index_column_names": [id_col]})
+    result = batch.validate(
+        suite,
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [id_col]},
+    )
     failed = {}
     for r in result.results:
         if not r.success:  # an aggregate expectation may fail with no row to blame: empty id list
             failed[r.expectation_config.meta["reason"]] = [
-                row[id_col] for row in (r.result.get("unexpected_index_list") or [])]
+                row[id_col] for row in (r.result.get("unexpected_index_list") or [])
+            ]
     report_dir.mkdir(parents=True, exist_ok=True)
     report = report_dir / f"{name}.json"
     report.write_text(json.dumps(result.describe_dict(), indent=1, default=str))
     page = _publish(ctx, reports, name, result)
     PAGES.append((reports, page))
-    log.info("suite %s: %s (report %s), data docs %s", name, "passed" if result.success else "FAILED",
-             report, page)
+    log.info(
+        "suite %s: %s (report %s), data docs %s",
+        name,
+        "passed" if result.success else "FAILED",
+        report,
+        page,
+    )
     return SuiteResult(name, bool(result.success), report, failed, page)
 
 
-def split_failed(df: DataFrame, result: SuiteResult, checks: list[Check], id_col: str
-                 ) -> tuple[DataFrame, DataFrame]:
+def split_failed(
+    df: DataFrame, result: SuiteResult, checks: list[Check], id_col: str
+) -> tuple[DataFrame, DataFrame]:
     """(good rows, failing rows with `reason` = first failed check in suite order and all `checks`)."""
     order = {c.reason: i for i, c in enumerate(checks)}
     pairs = [(i, order[reason], reason) for reason, ids in result.failed_ids.items() for i in ids]
@@ -144,9 +181,11 @@ def split_failed(df: DataFrame, result: SuiteResult, checks: list[Check], id_col
     id_type = df.schema[id_col].dataType.simpleString()
     bad = spark.createDataFrame(pairs, f"{id_col} {id_type}, ord int, reason string")
     bad = bad.groupBy(id_col).agg(
-        F.sort_array(F.collect_list(F.struct("ord", "reason"))).alias("_r"))
-    bad = bad.select(id_col, F.col("_r")[0]["reason"].alias("reason"),
-                     F.col("_r")["reason"].alias("checks"))
+        F.sort_array(F.collect_list(F.struct("ord", "reason"))).alias("_r")
+    )
+    bad = bad.select(
+        id_col, F.col("_r")[0]["reason"].alias("reason"), F.col("_r")["reason"].alias("checks")
+    )
     good = df.join(F.broadcast(bad), id_col, "left_anti")
     failing = df.join(F.broadcast(bad), id_col, "inner")
     return good, failing

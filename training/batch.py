@@ -4,6 +4,7 @@ The one conversion used by training and by the online ranker: raw ids become den
 `Vocab`, history ids at padded positions become 0, list columns (object arrays of arrays, as pandas
 gives them) are stacked, and flat interest distributions (B, l*n) become (B, l, n).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -16,8 +17,17 @@ from training.vocab import Vocab, named
 FLOAT_SEQS = ("sim_img", "sim_txt")
 MASKS = ("sim_mask_img", "sim_mask_txt")
 DISTS = ("dist_img", "dist_txt")
-COLUMNS = ("user_id", "item_id", "hist_item_ids", "hist_mask", *FLOAT_SEQS, *MASKS, *DISTS, "target_mm",
-           "hist_mm")
+COLUMNS = (
+    "user_id",
+    "item_id",
+    "hist_item_ids",
+    "hist_mask",
+    *FLOAT_SEQS,
+    *MASKS,
+    *DISTS,
+    "target_mm",
+    "hist_mm",
+)
 
 
 def stack(values, dtype) -> np.ndarray:
@@ -52,8 +62,9 @@ def _cats(vocab: Vocab, names, item_ids: np.ndarray) -> np.ndarray:
     return np.where(known, vocab.cat_index(core).reshape(shape), vocab.item_cat(item_ids))
 
 
-def make_batch(columns: Mapping[str, np.ndarray], vocab: Vocab,
-               dist_shape: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+def make_batch(
+    columns: Mapping[str, np.ndarray], vocab: Vocab, dist_shape: tuple[int, int] | None = None
+) -> dict[str, torch.Tensor]:
     """CTR batch from columns user_id, item_id (B,), hist_item_ids (B,T) 0-padded, hist_mask (B,T),
     sim_img, sim_txt, sim_mask_img, sim_mask_txt (B,T), dist_img, dist_txt (B,l,n) or (B,l*n),
     target_mm (B,D), hist_mm (B,T,D), an optional label (B,) and optional category names

@@ -1,10 +1,13 @@
 """Benchmarks of CTR training (light module: heavy imports happen inside each function)."""
+
 from __future__ import annotations
 
 import time
 
-BENCHMARKS = {"train-throughput": "training.benchmarks:train_throughput",
-              "scaling-train": "training.benchmarks:scaling_train"}
+BENCHMARKS = {
+    "train-throughput": "training.benchmarks:train_throughput",
+    "scaling-train": "training.benchmarks:scaling_train",
+}
 
 BATCH = 256
 CANDIDATES = 200
@@ -18,8 +21,10 @@ def _columns(root, split: str, rows: int):
     from training.loader import FusedVectorTable
 
     table = pq.read_table(root / split).slice(0, rows).to_pandas()
-    cols = {c: np.stack(v.to_numpy()) if v.dtype == object and c != "category" else v.to_numpy()
-            for c, v in table.items()}
+    cols = {
+        c: np.stack(v.to_numpy()) if v.dtype == object and c != "category" else v.to_numpy()
+        for c, v in table.items()
+    }
     cols["hist_mm"] = FusedVectorTable(root)(cols["hist_item_ids"], cols["hist_mask"])
     return cols
 
@@ -52,13 +57,26 @@ def train_throughput() -> dict:
         if not (root / "meta.json").exists():
             from training.synthetic import write_trainset
 
-            root = write_trainset(Path(tmp) / "syn", rows=(4 * BATCH, CANDIDATES, 10), T=cfg.seq_len,
-                                  l=cfg.time_slices, n=cfg.sim_bins, mm_dim=384, row_group_size=BATCH)
+            root = write_trainset(
+                Path(tmp) / "syn",
+                rows=(4 * BATCH, CANDIDATES, 10),
+                T=cfg.seq_len,
+                l=cfg.time_slices,
+                n=cfg.sim_bins,
+                mm_dim=384,
+                row_group_size=BATCH,
+            )
             source = "synthetic (no trainset default)"
         info, vocab = meta(root), Vocab.load(root)
         cols = _columns(root, "train", 4 * BATCH)
-        batches = [make_batch({k: v[i * BATCH:(i + 1) * BATCH] for k, v in cols.items()}, vocab, (info["l"], info["n"]))
-                   for i in range(len(cols["label"]) // BATCH)]
+        batches = [
+            make_batch(
+                {k: v[i * BATCH : (i + 1) * BATCH] for k, v in cols.items()},
+                vocab,
+                (info["l"], info["n"]),
+            )
+            for i in range(len(cols["label"]) // BATCH)
+        ]
         one = _columns(root, "valid", 1)
     model_cfg = model_config(info)
     models = {name: build_model(name, model_cfg) for name in ("din", "dmae")}
@@ -70,7 +88,9 @@ def train_throughput() -> dict:
         t0 = time.perf_counter()
         for batch in batches:
             out = model(batch)
-            loss = F.binary_cross_entropy_with_logits(out["logit"], batch["label"]) + out["aux_loss"]
+            loss = (
+                F.binary_cross_entropy_with_logits(out["logit"], batch["label"]) + out["aux_loss"]
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -102,11 +122,18 @@ def train_throughput() -> dict:
                 model(request)
                 times.append(time.perf_counter() - t0)
         latency[name] = [round(float(np.percentile(times[3:], q)) * 1e3, 2) for q in (50, 95)]
-    return {"source": source, "batch": BATCH, "T": info["T"], "mm_dim": info["mm_dim"], "steps_per_round": len(batches),
-            "din_samples_per_s": round(rate["din"]), "dmae_samples_per_s": round(rate["dmae"]),
-            "ratio_dmae_over_din": round(rate["dmae"] / rate["din"], 3),
-            **{f"{name}_forward_{CANDIDATES}_candidates_ms_p50_p95": v for name, v in latency.items()},
-            "torch_threads": 1}
+    return {
+        "source": source,
+        "batch": BATCH,
+        "T": info["T"],
+        "mm_dim": info["mm_dim"],
+        "steps_per_round": len(batches),
+        "din_samples_per_s": round(rate["din"]),
+        "dmae_samples_per_s": round(rate["dmae"]),
+        "ratio_dmae_over_din": round(rate["dmae"] / rate["din"], 3),
+        **{f"{name}_forward_{CANDIDATES}_candidates_ms_p50_p95": v for name, v in latency.items()},
+        "torch_threads": 1,
+    }
 
 
 def scaling_train(model: str = "din", epochs: int = 1, repeats: int = 2) -> dict:
@@ -127,12 +154,25 @@ def scaling_train(model: str = "din", epochs: int = 1, repeats: int = 2) -> dict
         for r in range(repeats):
             for nproc in (1, 2) if r % 2 == 0 else (2, 1):
                 start = time.perf_counter()
-                _, got = runs.train(cfg, model, "default", seed=cfg.seed, epochs=epochs, nproc=nproc,
-                                    out=Path(tmp) / f"{nproc}-{r}")
+                _, got = runs.train(
+                    cfg,
+                    model,
+                    "default",
+                    seed=cfg.seed,
+                    epochs=epochs,
+                    nproc=nproc,
+                    out=Path(tmp) / f"{nproc}-{r}",
+                )
                 seconds[nproc].append(round(time.perf_counter() - start, 1))
                 metrics[nproc] = {k: round(got[k], 4) for k in ("auc", "gauc", "logloss")}
     best = {n: min(s) for n, s in seconds.items()}
-    return {"model": model, "epochs": epochs, "trainset": "default", "wall_s_1_process": seconds[1],
-            "wall_s_2_processes": seconds[2], "valid_metrics_1_process": metrics[1],
-            "valid_metrics_2_processes": metrics[2],
-            "speedup_2_over_1_processes": round(best[1] / best[2], 3)}
+    return {
+        "model": model,
+        "epochs": epochs,
+        "trainset": "default",
+        "wall_s_1_process": seconds[1],
+        "wall_s_2_processes": seconds[2],
+        "valid_metrics_1_process": metrics[1],
+        "valid_metrics_2_processes": metrics[2],
+        "speedup_2_over_1_processes": round(best[1] / best[2], 3),
+    }

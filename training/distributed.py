@@ -6,6 +6,7 @@ every rank computes the loss over the *gathered* global batch, differentiating o
 embeddings (see training/content/losses.gather_from_all_workers), so the true gradient of the global
 loss is the SUM of the ranks' gradients (open_clip's gather-without-grad scheme).
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,9 @@ def world_size() -> int:
 
 def init_from_env(backend: str = "gloo") -> bool:
     """Join the process group torchrun describes (WORLD_SIZE > 1); one thread share per process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (
+        dist.is_available() and dist.is_initialized()
+    ):
         return is_distributed()
     dist.init_process_group(backend=backend)
     cores = os.cpu_count() or 1
@@ -42,8 +45,14 @@ def init_from_env(backend: str = "gloo") -> bool:
 
 def shard_order(n: int, seed: int, epoch: int, drop_last: bool) -> np.ndarray:
     """This worker's shuffled share of range(n) (DistributedSampler: equal counts on every rank)."""
-    sampler: DistributedSampler = DistributedSampler(cast(Dataset, range(n)), num_replicas=world_size(),
-                                                     rank=rank(), shuffle=True, seed=seed, drop_last=drop_last)
+    sampler: DistributedSampler = DistributedSampler(
+        cast(Dataset, range(n)),
+        num_replicas=world_size(),
+        rank=rank(),
+        shuffle=True,
+        seed=seed,
+        drop_last=drop_last,
+    )
     sampler.set_epoch(epoch)
     return np.fromiter(iter(sampler), dtype=np.int64)
 
@@ -73,7 +82,7 @@ def sum_gradients(params: list[nn.Parameter]) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
 
 

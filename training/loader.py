@@ -6,6 +6,7 @@ set's item vectors (`item_mm/`), and `make_batch` turns them into the CTR batch.
 carries `user_id` (raw, for GAUC) and `item_age_s` (for the cold-start breakdown).
 Distributed: row r of the epoch's stream goes to rank r % world, so ranks differ by at most one row.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from training.batch import COLUMNS, make_batch
 from training.vocab import IdIndex, Vocab
 
-# petastorm 0.12 uses pyarrow's legacy dataset API (the reason for .venv-train); its deprecation noise is known
+# petastorm 0.12 uses pyarrow's legacy dataset API (the reason for .venv-train);
+# its deprecation noise is known
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
 
 READ = [c for c in COLUMNS if c != "hist_mm"] + ["label", "item_age_s"]
@@ -42,7 +44,14 @@ class FusedVectorTable:
 
         table = pq.read_table(Path(root) / "item_mm")
         ids = table["item_id"].to_numpy()
-        fused = table["fused"].combine_chunks().flatten().to_numpy().astype(np.float32).reshape(len(ids), -1)
+        fused = (
+            table["fused"]
+            .combine_chunks()
+            .flatten()
+            .to_numpy()
+            .astype(np.float32)
+            .reshape(len(ids), -1)
+        )
         self.index = IdIndex(ids)
         self.table = np.zeros((len(self.index) + 1, fused.shape[1]), np.float32)
         self.table[self.index.lookup(ids)] = fused
@@ -54,11 +63,27 @@ class FusedVectorTable:
 class TrainsetBatches(IterableDataset):
     """Batches of one split; `set_epoch(e)` reshuffles (when `shuffle`) with seed + e."""
 
-    def __init__(self, root: str | Path, split: str, vocab: Vocab, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, rank: int = 0, world: int = 1, vectors: FusedVectorTable | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        vocab: Vocab,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        vectors: FusedVectorTable | None = None,
+    ):
         super().__init__()
         self.root, self.split, self.vocab = Path(root), split, vocab
-        self.batch_size, self.shuffle, self.seed, self.rank, self.world = batch_size, shuffle, seed, rank, world
+        self.batch_size, self.shuffle, self.seed, self.rank, self.world = (
+            batch_size,
+            shuffle,
+            seed,
+            rank,
+            world,
+        )
         self.vectors = vectors or FusedVectorTable(root)
         info = meta(root)
         self.rows, self.dist_shape = info["rows"][split], (info["l"], info["n"])
@@ -73,9 +98,14 @@ class TrainsetBatches(IterableDataset):
 
         rng = np.random.default_rng(self.seed + self.epoch)
         offset = 0
-        with make_batch_reader(split_url(self.root, self.split), schema_fields=READ, num_epochs=1,
-                               shuffle_row_groups=self.shuffle, seed=self.seed + self.epoch,
-                               reader_pool_type="dummy") as reader:
+        with make_batch_reader(
+            split_url(self.root, self.split),
+            schema_fields=READ,
+            num_epochs=1,
+            shuffle_row_groups=self.shuffle,
+            seed=self.seed + self.epoch,
+            reader_pool_type="dummy",
+        ) as reader:
             for group in reader:
                 cols = group._asdict()
                 n = len(cols["label"])
@@ -88,10 +118,14 @@ class TrainsetBatches(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         pending: dict[str, np.ndarray] | None = None
         for chunk in self._chunks():
-            pending = chunk if pending is None else {k: np.concatenate([pending[k], chunk[k]]) for k in chunk}
+            pending = (
+                chunk
+                if pending is None
+                else {k: np.concatenate([pending[k], chunk[k]]) for k in chunk}
+            )
             while len(pending["label"]) >= self.batch_size:
                 yield self._batch({k: v[: self.batch_size] for k, v in pending.items()})
-                pending = {k: v[self.batch_size:] for k, v in pending.items()}
+                pending = {k: v[self.batch_size :] for k, v in pending.items()}
         if pending is not None and len(pending["label"]):
             yield self._batch(pending)
 
@@ -103,8 +137,18 @@ class TrainsetBatches(IterableDataset):
         return batch
 
 
-def make_loader(root: str | Path, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-                rank: int = 0, world: int = 1, vocab: Vocab | None = None) -> DataLoader:
+def make_loader(
+    root: str | Path,
+    split: str,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    vocab: Vocab | None = None,
+) -> DataLoader:
     """A DataLoader over `split` of the training set at `root` yielding CTR batch dicts."""
-    dataset = TrainsetBatches(root, split, vocab or Vocab.load(root), batch_size, shuffle, seed, rank, world)
+    dataset = TrainsetBatches(
+        root, split, vocab or Vocab.load(root), batch_size, shuffle, seed, rank, world
+    )
     return DataLoader(dataset, batch_size=None, num_workers=0)

@@ -1,5 +1,6 @@
 """Evaluation metrics for CTR models (numpy only): AUC, GAUC, logloss, and decile ids for the
 cold-start breakdown by item age. Labels are binary (0/1 or bool); scores any real numbers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,8 +43,7 @@ def _tied_ranks(groups: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return order, mid - group_start + 1.0
 
 
-def _grouped_auc(groups: np.ndarray, y: np.ndarray, s: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _grouped_auc(groups: np.ndarray, y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(AUC per group, impressions per group) over dense group ids 0..G-1; nan for one-class groups."""
     order, ranks = _tied_ranks(groups, s)
     g, pos_y = groups[order], y[order]
@@ -135,6 +135,13 @@ def cold_start(labels, scores, item_age_s, known_item, n: int = 10) -> dict:
     y, s = _binary(labels), _scores(scores, len(np.asarray(labels).ravel()))
     aucs, rows, edges = auc_by_decile(y, s, item_age_s, n)
     new = ~np.asarray(known_item, dtype=bool).ravel()
-    return {"deciles": [{"decile": k, "rows": int(r), "max_age_days": float(e / 86_400.0), "auc": float(a)}
-                        for k, (a, r, e) in enumerate(zip(aucs, rows, edges))],
-            "new_items": {"rows": int(new.sum()), "auc": auc(y[new], s[new]) if new.any() else float("nan")}}
+    return {
+        "deciles": [
+            {"decile": k, "rows": int(r), "max_age_days": float(e / 86_400.0), "auc": float(a)}
+            for k, (a, r, e) in enumerate(zip(aucs, rows, edges))
+        ],
+        "new_items": {
+            "rows": int(new.sum()),
+            "auc": auc(y[new], s[new]) if new.any() else float("nan"),
+        },
+    }

@@ -11,6 +11,7 @@
 Each fold is a training-set folder of its own (train/ valid/ test/, vocab.json from its train rows,
 meta.json) sharing the source's item_mm/, so `training.train` runs on it unchanged.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,22 +63,49 @@ def build_user_kfold(source: Path, folds: int = 5, seed: int = 7, valid_share: f
         rest = np.unique(users[fold != k])
         held = set(rng.choice(rest, max(1, round(valid_share * len(rest))), replace=False).tolist())
         is_valid = np.isin(users, list(held))
-        parts = {"train": (fold != k) & ~is_valid, "valid": (fold != k) & is_valid, "test": fold == k}
+        parts = {
+            "train": (fold != k) & ~is_valid,
+            "valid": (fold != k) & is_valid,
+            "test": fold == k,
+        }
         root = out / f"fold{k}"
         for part, keep in parts.items():
             idx = np.flatnonzero(keep)
-            if part == "train":  # row groups of mixed users: shuffling row groups then shuffles rows
+            if (
+                part == "train"
+            ):  # row groups of mixed users: shuffling row groups then shuffles rows
                 idx = rng.permutation(idx)
             write_parquet(rows.take(pa.array(idx)), root / part)
         train = rows.filter(pa.array(parts["train"]))
-        vocab = Vocab.from_dict({**catalogue, "users": np.unique(train["user_id"].to_numpy()).tolist(),
-                                 "items": np.unique(train["item_id"].to_numpy()).tolist()})
+        vocab = Vocab.from_dict(
+            {
+                **catalogue,
+                "users": np.unique(train["user_id"].to_numpy()).tolist(),
+                "items": np.unique(train["item_id"].to_numpy()).tolist(),
+            }
+        )
         vocab.save(root)
         (root / "item_mm").symlink_to((source / "item_mm").resolve(), target_is_directory=True)
         counts = {part: int(keep.sum()) for part, keep in parts.items()}
         test_users = pc.unique(rows.filter(pa.array(parts["test"]))["user_id"])
-        (root / "meta.json").write_text(json.dumps({
-            **info, "name": f"{info.get('name')}-ukf{folds}-fold{k}", "protocol": "user-kfold", "cuts": None,
-            "fold": k, "folds": folds, "fold_seed": seed, "rows": counts, "test_users": len(test_users),
-            "n_users": vocab.n_users, "n_items": vocab.n_items, "n_cats": vocab.n_cats}, indent=2) + "\n")
+        (root / "meta.json").write_text(
+            json.dumps(
+                {
+                    **info,
+                    "name": f"{info.get('name')}-ukf{folds}-fold{k}",
+                    "protocol": "user-kfold",
+                    "cuts": None,
+                    "fold": k,
+                    "folds": folds,
+                    "fold_seed": seed,
+                    "rows": counts,
+                    "test_users": len(test_users),
+                    "n_users": vocab.n_users,
+                    "n_items": vocab.n_items,
+                    "n_cats": vocab.n_cats,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return out

@@ -11,6 +11,7 @@ truth for serving: the online ranker runs in .venv, which cannot import MLflow 3
 the alias mirrors it. A tracking failure never fails training or promotion: it prints a warning line
 "mlflow tracking failed: ..." on stderr.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,9 @@ def trainset_path(cfg: Config, name: str) -> Path:
     """The training set `name` (a name under <home>/trainsets, or a directory)."""
     path = Path(name) if "/" in name else cfg.home / "trainsets" / name
     if not (path / "meta.json").exists():
-        raise FileNotFoundError(f"no training set at {path}; run `mmi trainset build --name {path.name}` first")
+        raise FileNotFoundError(
+            f"no training set at {path}; run `mmi trainset build --name {path.name}` first"
+        )
     return path
 
 
@@ -47,7 +50,9 @@ def named_run_dir(cfg: Config, name: str) -> Path:
 
 def new_run_dir(cfg: Config, model: str, seed: int) -> Path:
     """A fresh `<models_dir>/ctr/<UTC time>-<model>-s<seed>[-k]`."""
-    base = cfg.models_dir / "ctr" / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{model}-s{seed}"
+    base = (
+        cfg.models_dir / "ctr" / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{model}-s{seed}"
+    )
     path, k = base, 1
     while path.exists():
         path, k = base.with_name(f"{base.name}-{k}"), k + 1
@@ -58,26 +63,64 @@ def spawn(module: str, args: list[str], nproc: int = 1) -> None:
     """Run `python -m module args` with .venv-train's interpreter (under torchrun when nproc > 1);
     its output streams through. RunError on a non-zero exit."""
     if nproc > 1:
-        argv = [str(TRAIN_ENV / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "-m", module, *args]
+        argv = [
+            str(TRAIN_ENV / "torchrun"),
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            module,
+            *args,
+        ]
     else:
         argv = [str(TRAIN_ENV / "python"), "-m", module, *args]
     if not Path(argv[0]).exists():
         raise RunError(f"training environment missing: {argv[0]} (run `make setup`)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
     done = subprocess.run(argv, cwd=REPO_ROOT, env=env, stdout=sys.stdout, stderr=sys.stderr)
     if done.returncode:
         raise RunError(f"{module} exited {done.returncode}: {' '.join(argv)}")
 
 
-def train(cfg: Config, model: str, trainset: str, seed: int = 0, epochs: int = 20, batch_size: int = 256,
-          lr: float = 1e-3, nproc: int = 1, max_steps: int = 0, overrides: list[str] | None = None,
-          out: Path | None = None, patience: int = 2) -> tuple[Path, dict]:
+def train(
+    cfg: Config,
+    model: str,
+    trainset: str,
+    seed: int = 0,
+    epochs: int = 20,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    nproc: int = 1,
+    max_steps: int = 0,
+    overrides: list[str] | None = None,
+    out: Path | None = None,
+    patience: int = 2,
+) -> tuple[Path, dict]:
     """Train one model in .venv-train (at most `epochs`, early stopping after `patience` epochs
     without a better validation AUC); (run dir, its metrics.json)."""
     out = out or new_run_dir(cfg, model, seed)
-    args = ["--model", model, "--trainset", str(trainset_path(cfg, trainset)), "--out", str(out),
-            "--seed", str(seed), "--epochs", str(epochs), "--batch-size", str(batch_size), "--lr", str(lr),
-            "--max-steps", str(max_steps), "--patience", str(patience)]
+    args = [
+        "--model",
+        model,
+        "--trainset",
+        str(trainset_path(cfg, trainset)),
+        "--out",
+        str(out),
+        "--seed",
+        str(seed),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(batch_size),
+        "--lr",
+        str(lr),
+        "--max-steps",
+        str(max_steps),
+        "--patience",
+        str(patience),
+    ]
     spawn("training.train", args + (["--set", *overrides] if overrides else []), nproc)
     track(cfg, "log", out)
     return out, read_metrics(out)
@@ -89,8 +132,11 @@ def track(cfg: Config, action: str, run: Path) -> bool:
     try:
         spawn("training.tracking", [action, "--run", str(run), "--home", str(cfg.home)])
     except (RunError, OSError) as err:
-        print(f"WARNING: mlflow tracking failed: {err} (the run and the promotion stand)", file=sys.stderr,
-              flush=True)
+        print(
+            f"WARNING: mlflow tracking failed: {err} (the run and the promotion stand)",
+            file=sys.stderr,
+            flush=True,
+        )
         return False
     return True
 
@@ -100,8 +146,14 @@ def read_metrics(run: Path) -> dict:
 
 
 def latest_run(cfg: Config) -> Path:
-    runs = sorted((p for p in (cfg.models_dir / "ctr").glob("*") if (p / METRICS_FILE).exists()
-                   and not p.is_symlink()), key=lambda p: p.stat().st_mtime)
+    runs = sorted(
+        (
+            p
+            for p in (cfg.models_dir / "ctr").glob("*")
+            if (p / METRICS_FILE).exists() and not p.is_symlink()
+        ),
+        key=lambda p: p.stat().st_mtime,
+    )
     if not runs:
         raise FileNotFoundError(f"no trained run under {cfg.models_dir / 'ctr'}")
     return runs[-1]
@@ -123,8 +175,13 @@ def promote(cfg: Config, run: Path) -> tuple[bool, str]:
         if current.resolve() == run:
             return False, f"{run.name} is already promoted (validation AUC {new:.4f})"
         if not new > old:
-            return False, f"kept {current.resolve().name}: validation AUC {old:.4f} >= {new:.4f} of {run.name}"
-        reason = f"promoted {run.name}: validation AUC {new:.4f} > {old:.4f} of {current.resolve().name}"
+            return (
+                False,
+                f"kept {current.resolve().name}: validation AUC {old:.4f} >= {new:.4f} of {run.name}",
+            )
+        reason = (
+            f"promoted {run.name}: validation AUC {new:.4f} > {old:.4f} of {current.resolve().name}"
+        )
     else:
         reason = f"promoted {run.name}: validation AUC {new:.4f} (nothing promoted before)"
     point_link(current, run)

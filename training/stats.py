@@ -6,6 +6,7 @@ how many users were tested, not how many rows), and the statistic is the mean ov
 seeds) of the AUC difference on the resampled users. A claim "a > b" is shown when the interval's
 lower end is above 0.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -53,13 +54,17 @@ def weighted_auc(order: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> 
         return (pos * neg_below).sum(1) / (total_pos * total_neg)
 
 
-def _resampled_counts(n_groups: int, resamples: int, seed: int) -> Iterator[tuple[slice, np.ndarray]]:
+def _resampled_counts(
+    n_groups: int, resamples: int, seed: int
+) -> Iterator[tuple[slice, np.ndarray]]:
     """Bootstrap draws of groups, CHUNK resamples at a time: (their slice, (chunk, n_groups) counts)."""
     rng = np.random.default_rng(seed)
     for start in range(0, resamples, CHUNK):
         draws = rng.integers(0, n_groups, (min(CHUNK, resamples - start), n_groups))
-        yield (slice(start, start + len(draws)),
-               np.stack([np.bincount(d, minlength=n_groups) for d in draws]).astype(np.float64))
+        yield (
+            slice(start, start + len(draws)),
+            np.stack([np.bincount(d, minlength=n_groups) for d in draws]).astype(np.float64),
+        )
 
 
 def paired_auc_difference(units: list[Unit], resamples: int = 1000, seed: int = 0) -> Difference:
@@ -72,7 +77,9 @@ def paired_auc_difference(units: list[Unit], resamples: int = 1000, seed: int = 
     point = float(np.mean([auc(u.labels, u.score_a) - auc(u.labels, u.score_b) for u in units]))
     users = np.unique(np.concatenate([u.users for u in units]))
     codes = [np.searchsorted(users, u.users) for u in units]
-    orders = [(np.argsort(u.score_a, kind="stable"), np.argsort(u.score_b, kind="stable")) for u in units]
+    orders = [
+        (np.argsort(u.score_a, kind="stable"), np.argsort(u.score_b, kind="stable")) for u in units
+    ]
     stats = np.zeros(resamples)
     for part, counts in _resampled_counts(len(users), resamples, seed):
         for u, code, (order_a, order_b) in zip(units, codes, orders):

@@ -14,6 +14,7 @@ The backend is local, under the project's home: tracking and registry in `sqlite
 artifacts in `<home>/mlflow/artifacts/`. Browse with `.venv-train/bin/mlflow ui --backend-store-uri
 sqlite:///<home>/mlflow/mlflow.db`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,9 @@ import re
 import sys
 from pathlib import Path
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports from an offline machine
+os.environ.setdefault(
+    "MLFLOW_DISABLE_TELEMETRY", "true"
+)  # no usage reports from an offline machine
 
 from mminterest.config import get_config  # noqa: E402
 
@@ -31,8 +34,18 @@ REGISTERED_MODEL = "mminterest-ctr"
 CHAMPION = "champion"
 TRACKING_FILE = "mlflow.json"
 ARTIFACT_PATH = "model"
-PARAMS = ("model", "trainset", "seed", "batch_size", "lr", "max_epochs", "patience", "world", "epochs_run",
-          "best_epoch")
+PARAMS = (
+    "model",
+    "trainset",
+    "seed",
+    "batch_size",
+    "lr",
+    "max_epochs",
+    "patience",
+    "world",
+    "epochs_run",
+    "best_epoch",
+)
 
 
 def tracking_root(home: Path | None = None) -> Path:
@@ -115,12 +128,16 @@ def log_run(run_dir: str | Path, home: Path | None = None) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     experiment = experiment_name(metrics)
     tags = {"mminterest.run_dir": str(run_dir), "mminterest.model": str(metrics.get("model", ""))}
-    run = mlflow_client.create_run(_experiment_id(mlflow_client, experiment, home), run_name=run_dir.name, tags=tags)
+    run = mlflow_client.create_run(
+        _experiment_id(mlflow_client, experiment, home), run_name=run_dir.name, tags=tags
+    )
     run_id = run.info.run_id
     try:
         now = run.info.start_time
-        history = [Metric("valid_auc", float(a), now, epoch)
-                   for epoch, a in enumerate(metrics.get("valid_auc_per_epoch") or [], start=1)]
+        history = [
+            Metric("valid_auc", float(a), now, epoch)
+            for epoch, a in enumerate(metrics.get("valid_auc_per_epoch") or [], start=1)
+        ]
         final = [Metric(k, v, now, 0) for k, v in _final_metrics(metrics).items()]
         params = [Param(k, v) for k, v in _params(metrics).items()]
         mlflow_client.log_batch(run_id, metrics=history + final, params=params)
@@ -132,14 +149,24 @@ def log_run(run_dir: str | Path, home: Path | None = None) -> dict:
         except Exception:  # it exists already (RESOURCE_ALREADY_EXISTS)
             pass
         source = f"{run.info.artifact_uri}/{ARTIFACT_PATH}"
-        version = mlflow_client.create_model_version(REGISTERED_MODEL, source, run_id=run_id,
-                                                     tags={"run": run_dir.name}, await_creation_for=0)
+        version = mlflow_client.create_model_version(
+            REGISTERED_MODEL,
+            source,
+            run_id=run_id,
+            tags={"run": run_dir.name},
+            await_creation_for=0,
+        )
     except BaseException:
         mlflow_client.set_terminated(run_id, "FAILED")
         raise
     mlflow_client.set_terminated(run_id, "FINISHED")
-    info = {"run_id": run_id, "experiment": experiment, "model": REGISTERED_MODEL, "version": str(version.version),
-            "tracking_uri": tracking_uri(home)}
+    info = {
+        "run_id": run_id,
+        "experiment": experiment,
+        "model": REGISTERED_MODEL,
+        "version": str(version.version),
+        "tracking_uri": tracking_uri(home),
+    }
     (run_dir / TRACKING_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -153,7 +180,9 @@ def promote(run_dir: str | Path, home: Path | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.tracking", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m training.tracking", description=__doc__.splitlines()[0]
+    )
     p.add_argument("action", choices=("log", "promote"))
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--home", type=Path, help="the project's home (default: the config's, MMI_HOME)")
@@ -163,12 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the SQLite schema set-up on first use
     if args.action == "log":
         info = log_run(args.run, args.home)
-        print(f"mlflow: run {Path(args.run).name} -> run {info['run_id']} in {info['experiment']!r}, "
-              f"{info['model']} version {info['version']} ({info['tracking_uri']})", flush=True)
+        print(
+            f"mlflow: run {Path(args.run).name} -> run {info['run_id']} in {info['experiment']!r}, "
+            f"{info['model']} version {info['version']} ({info['tracking_uri']})",
+            flush=True,
+        )
     else:
         info = promote(args.run, args.home)
-        print(f"mlflow: alias {CHAMPION!r} of {info['model']} -> version {info['version']} ({Path(args.run).name})",
-              flush=True)
+        print(
+            f"mlflow: alias {CHAMPION!r} of {info['model']} -> version {info['version']} "
+            f"({Path(args.run).name})",
+            flush=True,
+        )
     return 0
 
 

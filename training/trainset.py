@@ -13,6 +13,7 @@ Layout under `<home>/trainsets/<name>/`:
                          would be T times the size of the whole set)
   vocab.json, meta.json
 """
+
 from __future__ import annotations
 
 import json
@@ -48,9 +49,11 @@ class Summary:
 
     def line(self) -> str:
         parts = " / ".join(f"{k} {v:,}" for k, v in self.rows.items())
-        return (f"trainset {self.name}: rows {sum(self.rows.values()):,} ({parts}), vocab users {self.users:,} "
-                f"items {self.items:,}, cuts {self.cuts[0]} | {self.cuts[1]}, restored {self.restored_rows}, "
-                f"{self.seconds:.0f} s -> {self.path}")
+        return (
+            f"trainset {self.name}: rows {sum(self.rows.values()):,} ({parts}), vocab users {self.users:,} "
+            f"items {self.items:,}, cuts {self.cuts[0]} | {self.cuts[1]}, restored {self.restored_rows}, "
+            f"{self.seconds:.0f} s -> {self.path}"
+        )
 
 
 def trainset_dir(cfg: Config, name: str) -> Path:
@@ -62,14 +65,20 @@ def _read(cfg: Config, table: str, columns: list[str]) -> pd.DataFrame:
 
     path = cfg.table(table)
     if not Path(path).exists():
-        raise FileNotFoundError(f"Delta table {table!r} not found at {path}; build the features first")
+        raise FileNotFoundError(
+            f"Delta table {table!r} not found at {path}; build the features first"
+        )
     return DeltaTable(path).to_pandas(columns=columns)
 
 
 def dense(values, width: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(N, width) array from a column of arrays / None (None and the tail past `width` -> 0), and the lengths."""
+    """(N, width) array from a column of arrays / None (None and the tail past `width` -> 0), and
+    the lengths."""
     out = np.zeros((len(values), width), dtype)
-    cells = [np.asarray(v, dtype)[:width] if isinstance(v, (list, np.ndarray)) else out[0, :0] for v in values]
+    cells = [
+        np.asarray(v, dtype)[:width] if isinstance(v, (list, np.ndarray)) else out[0, :0]
+        for v in values
+    ]
     lens = np.fromiter((len(c) for c in cells), np.int64, len(cells))
     if lens.any():
         out[np.arange(width)[None, :] < lens[:, None]] = np.concatenate(cells)
@@ -79,8 +88,11 @@ def dense(values, width: int, dtype) -> tuple[np.ndarray, np.ndarray]:
 def feature_columns(frame: pd.DataFrame, T: int, cells: int, mm_dim: int) -> dict[str, np.ndarray]:
     """Fixed-width numpy columns from the Feast frame; rows without a feature value get zeros."""
     hist, hist_len = dense(frame["hist_item_ids"], T, np.int64)
-    out = {"hist_len": hist_len.astype(np.int32), "hist_item_ids": hist,
-           "hist_mask": np.arange(T)[None, :] < hist_len[:, None]}
+    out = {
+        "hist_len": hist_len.astype(np.int32),
+        "hist_item_ids": hist,
+        "hist_mask": np.arange(T)[None, :] < hist_len[:, None],
+    }
     for m in MODALITIES:
         out[f"sim_{m}"] = dense(frame[f"sim_{m}"], T, np.float32)[0]
         out[f"sim_mask_{m}"] = dense(frame[f"sim_mask_{m}"], T, bool)[0]
@@ -111,8 +123,12 @@ def write_parquet(table, directory: Path, row_group_size: int = ROW_GROUP) -> No
     pq.write_table(table, directory / "part-00000.parquet", row_group_size=row_group_size)
 
 
-def build(cfg: Config | None = None, name: str = "default", start: str | None = None,
-          end: str | None = None) -> Summary:
+def build(
+    cfg: Config | None = None,
+    name: str = "default",
+    start: str | None = None,
+    end: str | None = None,
+) -> Summary:
     """Build the training set `name` from the labelled interactions with start <= event_ts < end."""
     from feature_repo.store_config import open_store
     from feature_repo.training_frame import get_training_frame
@@ -125,27 +141,49 @@ def build(cfg: Config | None = None, name: str = "default", start: str | None = 
         rows = rows[rows["event_ts"] >= utc(start)]
     if end:
         rows = rows[rows["event_ts"] < utc(end)]
-    rows = rows.dropna(subset=["label"]).sort_values(["event_ts", "user_id", "item_id"], kind="stable")
+    rows = rows.dropna(subset=["label"]).sort_values(
+        ["event_ts", "user_id", "item_id"], kind="stable"
+    )
     if len(rows) < 10:
-        raise ValueError(f"only {len(rows)} labelled interactions in [{start}, {end}): too few to split")
+        raise ValueError(
+            f"only {len(rows)} labelled interactions in [{start}, {end}): too few to split"
+        )
     items = _read(cfg, "items", ["item_id", "category", "first_seen_ts"])
-    log.info("trainset %s: %d labelled rows in [%s, %s), %d catalogued items", name, len(rows),
-             start or "-", end or "-", len(items))
+    log.info(
+        "trainset %s: %d labelled rows in [%s, %s), %d catalogued items",
+        name,
+        len(rows),
+        start or "-",
+        end or "-",
+        len(items),
+    )
 
     entities = rows.rename(columns={"event_ts": "event_timestamp"}).reset_index(drop=True)
     frame = get_training_frame(open_store(cfg), entities, "ctr_training")
-    log.info("trainset %s: point-in-time features for %d rows in %.0f s", name, len(frame), time.time() - t0)
+    log.info(
+        "trainset %s: point-in-time features for %d rows in %.0f s",
+        name,
+        len(frame),
+        time.time() - t0,
+    )
 
     embeddings = _read(cfg, "item_embeddings", ["item_id", "fused"])
     mm_dim = len(embeddings["fused"].iloc[0])
     cells = cfg.time_slices * cfg.sim_bins
     columns = feature_columns(frame, cfg.seq_len, cells, mm_dim)
-    first_seen = pd.to_datetime(entities["item_id"].map(items.set_index("item_id")["first_seen_ts"]), utc=True)
+    first_seen = pd.to_datetime(
+        entities["item_id"].map(items.set_index("item_id")["first_seen_ts"]), utc=True
+    )
     age = (frame["event_timestamp"] - first_seen).dt.total_seconds().to_numpy(np.float64)
     catalogue = items.set_index("item_id")["category"]
-    base = {"user_id": entities["user_id"].to_numpy(np.int64), "item_id": entities["item_id"].to_numpy(np.int64),
-            "event_ts": entities["event_timestamp"].array, "label": entities["label"].to_numpy(np.int32),
-            "category": entities["item_id"].map(catalogue).fillna("").to_numpy(object), "item_age_s": age}
+    base = {
+        "user_id": entities["user_id"].to_numpy(np.int64),
+        "item_id": entities["item_id"].to_numpy(np.int64),
+        "event_ts": entities["event_timestamp"].array,
+        "label": entities["label"].to_numpy(np.int32),
+        "category": entities["item_id"].map(catalogue).fillna("").to_numpy(object),
+        "item_age_s": age,
+    }
 
     ts = entities["event_timestamp"].dt.as_unit("ns").astype("int64").to_numpy()
     cut_ns = [int(np.quantile(ts, q)) for q in CUTS]
@@ -165,13 +203,40 @@ def build(cfg: Config | None = None, name: str = "default", start: str | None = 
     train = entities.iloc[np.flatnonzero(split == 0)]
     vocab = Vocab.from_frames(train, items)
     vocab.save(out)
-    write_parquet(to_arrow({"item_id": embeddings["item_id"].to_numpy(np.int64),
-                   "fused": dense(embeddings["fused"], mm_dim, np.float32)[0]}), out / "item_mm")
+    write_parquet(
+        to_arrow(
+            {
+                "item_id": embeddings["item_id"].to_numpy(np.int64),
+                "fused": dense(embeddings["fused"], mm_dim, np.float32)[0],
+            }
+        ),
+        out / "item_mm",
+    )
     cuts = [str(pd.Timestamp(c, tz="UTC")) for c in cut_ns]
-    meta = {"name": name, "start": start, "end": end, "rows": counts, "cuts": cuts, "T": cfg.seq_len,
-            "l": cfg.time_slices, "n": cfg.sim_bins, "mm_dim": mm_dim, "n_users": vocab.n_users,
-            "n_items": vocab.n_items, "n_cats": vocab.n_cats, "positive_rate": float(entities["label"].mean()),
-            "restored_rows": int(frame.attrs.get("restored_rows", 0))}
+    meta = {
+        "name": name,
+        "start": start,
+        "end": end,
+        "rows": counts,
+        "cuts": cuts,
+        "T": cfg.seq_len,
+        "l": cfg.time_slices,
+        "n": cfg.sim_bins,
+        "mm_dim": mm_dim,
+        "n_users": vocab.n_users,
+        "n_items": vocab.n_items,
+        "n_cats": vocab.n_cats,
+        "positive_rate": float(entities["label"].mean()),
+        "restored_rows": int(frame.attrs.get("restored_rows", 0)),
+    }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return Summary(name, str(out), counts, vocab.n_users - 1, vocab.n_items - 1, cuts,
-                   int(frame.attrs.get("restored_rows", 0)), time.time() - t0)
+    return Summary(
+        name,
+        str(out),
+        counts,
+        vocab.n_users - 1,
+        vocab.n_items - 1,
+        cuts,
+        int(frame.attrs.get("restored_rows", 0)),
+        time.time() - t0,
+    )

@@ -7,6 +7,7 @@ from an item's first appearance. Category names go through the one normaliser
 (`mminterest.schemas.category`: first genre, "Action|Drama" -> "Action"; none -> "unknown"), so the
 ranker maps a category read online (an item added after training) to the index training used.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,9 @@ VOCAB_FILE = "vocab.json"
 
 def named(names) -> np.ndarray:
     """True where an element of an object array is not None (same shape)."""
-    return np.frompyfunc(lambda n: n is not None, 1, 1)(np.asarray(names, dtype=object)).astype(bool)
+    return np.frompyfunc(lambda n: n is not None, 1, 1)(np.asarray(names, dtype=object)).astype(
+        bool
+    )
 
 
 class IdIndex:
@@ -46,8 +49,14 @@ class Vocab:
     """users, items: id -> dense index; cats: category names (index = position + 1);
     item_cat: item id -> category index for every catalogued item."""
 
-    def __init__(self, users: ArrayLike, items: ArrayLike, cats: list[str], cat_item_ids: ArrayLike,
-                 cat_of_item: ArrayLike):
+    def __init__(
+        self,
+        users: ArrayLike,
+        items: ArrayLike,
+        cats: list[str],
+        cat_item_ids: ArrayLike,
+        cat_of_item: ArrayLike,
+    ):
         self.users, self.items = IdIndex(users), IdIndex(items)
         self.cats = list(cats)
         self._cat_index = {c: i + 1 for i, c in enumerate(self.cats)}
@@ -66,8 +75,13 @@ class Vocab:
         primary = catalogue["category"].map(primary_category)
         cats = sorted(primary.unique())
         cat_index = {c: i + 1 for i, c in enumerate(cats)}
-        return cls(interactions["user_id"].to_numpy(np.int64), interactions["item_id"].to_numpy(np.int64),
-                   cats, catalogue["item_id"].to_numpy(np.int64), primary.map(cat_index).to_numpy(np.int64))
+        return cls(
+            interactions["user_id"].to_numpy(np.int64),
+            interactions["item_id"].to_numpy(np.int64),
+            cats,
+            catalogue["item_id"].to_numpy(np.int64),
+            primary.map(cat_index).to_numpy(np.int64),
+        )
 
     # --- sizes (each includes index 0) ---------------------------------------------------------------
     @property
@@ -96,8 +110,12 @@ class Vocab:
     def cat_index(self, names) -> np.ndarray:
         """Category index of each category name (normalised first; 0 for a name training never saw)."""
         names = np.asarray(names, dtype=object)
-        index = {n: self._cat_index.get(primary_category(n), 0) for n in set(names.ravel().tolist())}
-        return np.fromiter((index[n] for n in names.ravel().tolist()), np.int64, names.size).reshape(names.shape)
+        index = {
+            n: self._cat_index.get(primary_category(n), 0) for n in set(names.ravel().tolist())
+        }
+        return np.fromiter(
+            (index[n] for n in names.ravel().tolist()), np.int64, names.size
+        ).reshape(names.shape)
 
     def categories(self, names, item_ids) -> np.ndarray:
         """Category index from `names` (e.g. read online) where given, else from the catalogue map
@@ -108,13 +126,25 @@ class Vocab:
 
     # --- persistence ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"users": self.users.keys.tolist(), "items": self.items.keys.tolist(), "cats": self.cats,
-                "item_cat": {"item_id": self._cat_items.keys.tolist(), "cat": self._cat_table[1:].tolist()}}
+        return {
+            "users": self.users.keys.tolist(),
+            "items": self.items.keys.tolist(),
+            "cats": self.cats,
+            "item_cat": {
+                "item_id": self._cat_items.keys.tolist(),
+                "cat": self._cat_table[1:].tolist(),
+            },
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Vocab:
-        return cls(data["users"], data["items"], data["cats"], data["item_cat"]["item_id"],
-                   data["item_cat"]["cat"])
+        return cls(
+            data["users"],
+            data["items"],
+            data["cats"],
+            data["item_cat"]["item_id"],
+            data["item_cat"]["cat"],
+        )
 
     def save(self, directory: str | Path) -> Path:
         """Write `<directory>/vocab.json`; returns its path."""

@@ -11,6 +11,7 @@ so that nothing is lost when a row is quarantined:
 Validation, labels and Delta writes are generic (spark_jobs.ingest); a new dataset needs only a
 new adapter registered in ADAPTERS.
 """
+
 from __future__ import annotations
 
 from typing import Protocol

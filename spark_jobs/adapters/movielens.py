@@ -1,4 +1,5 @@
 """MovieLens ml-latest-small (+ posters_index.csv) onto the canonical raw schema."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -18,9 +19,17 @@ def normalised_category(genres: pd.Series) -> pd.Series:
 
 def _csv(spark: SparkSession, path) -> DataFrame:
     """Every column as a string, so a malformed value reaches validation instead of vanishing."""
-    spark.catalog.refreshByPath(str(path))  # the file may have changed since this session last read it
-    df = (spark.read.option("header", True).option("quote", '"').option("escape", '"')
-          .option("mode", "PERMISSIVE").option("encoding", "UTF-8").csv(str(path)))
+    spark.catalog.refreshByPath(
+        str(path)
+    )  # the file may have changed since this session last read it
+    df = (
+        spark.read.option("header", True)
+        .option("quote", '"')
+        .option("escape", '"')
+        .option("mode", "PERMISSIVE")
+        .option("encoding", "UTF-8")
+        .csv(str(path))
+    )
     return df.withColumn("_raw", F.to_json(F.struct(*df.columns)))
 
 
@@ -55,7 +64,8 @@ class MovieLensAdapter:
         root = str(cfg.dataset_dir).rstrip("/") + "/"
         return raw.select(
             _long("movieId").alias("item_id"),
-            F.when(F.col("poster_path").isNotNull(), F.concat(F.lit(root), F.col("poster_path")))
-            .alias("image_path"),
+            F.when(
+                F.col("poster_path").isNotNull(), F.concat(F.lit(root), F.col("poster_path"))
+            ).alias("image_path"),
             "_raw",
         )

@@ -7,6 +7,7 @@ Cheap on purpose: the `items` table holds a slice of the real movies (written in
 schema, as ingest writes it, without a Spark session here), the encoder is the tiny one, and the
 scheduler creates no scheduled run (use_job_schedule off), so only the triggered run runs.
 """
+
 from __future__ import annotations
 
 import urllib.request
@@ -31,11 +32,22 @@ def _write_items(table: str, dataset: Path) -> None:
     """The slice's movies as ingest's `items` table (movielens adapter: text "title. genres")."""
     movies = pd.read_csv(dataset / "movies.csv")
     posters = pd.read_csv(dataset / "posters_index.csv").set_index("movieId")["poster_path"]
-    write_deltalake(table, schemas.table("items", {
-        "item_id": movies["movieId"], "title": movies["title"],
-        "text": movies["title"] + ". " + movies["genres"].str.replace("|", ", "),
-        "category": [schemas.category(g) for g in movies["genres"]],
-        "image_path": [str(dataset / posters[i]) if i in posters.index else None for i in movies["movieId"]]}))
+    write_deltalake(
+        table,
+        schemas.table(
+            "items",
+            {
+                "item_id": movies["movieId"],
+                "title": movies["title"],
+                "text": movies["title"] + ". " + movies["genres"].str.replace("|", ", "),
+                "category": [schemas.category(g) for g in movies["genres"]],
+                "image_path": [
+                    str(dataset / posters[i]) if i in posters.index else None
+                    for i in movies["movieId"]
+                ],
+            },
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +57,23 @@ def airflow(tmp_path_factory):
     cfg = load_config(home=root / "mmi", dataset_dir=dataset)
     _write_items(cfg.table("items"), dataset)
     tiny_encoder().save(cfg.encoder_dir)
-    env = {"MMI_HOME": str(cfg.home), "MMI_DATASET_DIR": str(dataset), "MMI_SPARK_MASTER": "local[2]",
-           "MMI_SPARK_SHUFFLE_PARTITIONS": "2", "MMI_SPARK_DRIVER_MEMORY": "1g",
-           "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
+    env = {
+        "MMI_HOME": str(cfg.home),
+        "MMI_DATASET_DIR": str(dataset),
+        "MMI_SPARK_MASTER": "local[2]",
+        "MMI_SPARK_SHUFFLE_PARTITIONS": "2",
+        "MMI_SPARK_DRIVER_MEMORY": "1g",
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+    }
     af = LocalAirflow(port=0, env=env).start()
     yield cfg, af, env
     af.stop()
 
 
 def _ids(cfg, table: str) -> set[int]:
-    return set(DeltaTable(cfg.table(table)).to_pyarrow_table(columns=["item_id"])["item_id"].to_pylist())
+    return set(
+        DeltaTable(cfg.table(table)).to_pyarrow_table(columns=["item_id"])["item_id"].to_pylist()
+    )
 
 
 def test_rest_triggered_run_succeeds_and_down_stops_every_process(airflow):

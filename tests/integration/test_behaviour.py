@@ -1,6 +1,7 @@
 """user_behaviour on a slice of the real interactions plus crafted rows (same-second ties, late
 arrivals): matches a brute-force pandas reference, is point-in-time correct under Feast's as-of
 join, is gated, and a re-run leaves the same table."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,27 +22,45 @@ T0 = pd.Timestamp("2010-01-01 00:00:00", tz="UTC")
 S = pd.Timedelta(seconds=1)
 EPOCH = pd.Timestamp(0, tz="UTC")
 # (user, item, ts, rating): three positives and a negative in the same second, then more
-FIRST_BATCH = [(TIE_USER, 10, T0, 5.0), (TIE_USER, 20, T0, 4.0), (TIE_USER, 30, T0, 4.5),
-               (TIE_USER, 40, T0, 2.0), (TIE_USER, 50, T0 + S, 4.0), (TIE_USER, 60, T0 + S, 1.0),
-               (TIE_USER, 70, T0 - 5 * S, 4.0)]
+FIRST_BATCH = [
+    (TIE_USER, 10, T0, 5.0),
+    (TIE_USER, 20, T0, 4.0),
+    (TIE_USER, 30, T0, 4.5),
+    (TIE_USER, 40, T0, 2.0),
+    (TIE_USER, 50, T0 + S, 4.0),
+    (TIE_USER, 60, T0 + S, 1.0),
+    (TIE_USER, 70, T0 - 5 * S, 4.0),
+]
 # ingested later, but earlier in time than events already in the table
-LATE_BATCH = [(TIE_USER, 80, T0 - 10 * S, 5.0),
-              (2, 1, pd.Timestamp("1996-06-20 08:00:00", tz="UTC"), 5.0)]
+LATE_BATCH = [
+    (TIE_USER, 80, T0 - 10 * S, 5.0),
+    (2, 1, pd.Timestamp("1996-06-20 08:00:00", tz="UTC"), 5.0),
+]
 
 
 def _rows(spark, rows):
     pdf = pd.DataFrame(rows, columns=["user_id", "item_id", "event_ts", "rating"])
     pdf["label"] = (pdf["rating"] >= 4.0).astype("int32")
-    return spark.createDataFrame(pdf, "user_id long, item_id long, event_ts timestamp, rating double, "
-                                      "label int")
+    return spark.createDataFrame(
+        pdf, "user_id long, item_id long, event_ts timestamp, rating double, label int"
+    )
 
 
 def write_interactions(spark, cfg) -> None:
     """Interactions of cfg: the real users 1..USERS (read by the dataset's adapter) and
     FIRST_BATCH, then LATE_BATCH appended in a later commit."""
-    real = (get_adapter(cfg.dataset).interactions(spark, cfg).where(f"user_id <= {USERS}")
-            .select("user_id", "item_id", "event_ts", "rating",
-                    (F.col("rating") >= cfg.positive_rating).cast("int").alias("label")))
+    real = (
+        get_adapter(cfg.dataset)
+        .interactions(spark, cfg)
+        .where(f"user_id <= {USERS}")
+        .select(
+            "user_id",
+            "item_id",
+            "event_ts",
+            "rating",
+            (F.col("rating") >= cfg.positive_rating).cast("int").alias("label"),
+        )
+    )
     delta_io.write(real.unionByName(_rows(spark, FIRST_BATCH)), cfg.table("interactions"))
     delta_io.write(_rows(spark, LATE_BATCH), cfg.table("interactions"), mode="append")
 
@@ -55,8 +74,9 @@ class Positives:
 
     def __init__(self, interactions: pd.DataFrame):
         p = interactions[interactions.label == 1].sort_values(["user_id", "event_ts", "item_id"])
-        self.by_user = {u: (_micros(g.event_ts), g.item_id.to_numpy())
-                        for u, g in p.groupby("user_id")}
+        self.by_user = {
+            u: (_micros(g.event_ts), g.item_id.to_numpy()) for u, g in p.groupby("user_id")
+        }
 
     def before(self, user, ts, seq_len: int, inclusive: bool = False) -> tuple[list, list]:
         """(item ids, epoch seconds) of the last `seq_len` positives before `ts`, most recent first."""
@@ -69,16 +89,27 @@ def as_of(rows: pd.DataFrame, states: pd.DataFrame) -> pd.DataFrame:
     """Feast's point-in-time join: per row, the latest state with state ts <= row ts."""
     rows = rows.sort_values("event_ts").reset_index(drop=True)
     states = states.rename(columns={"event_ts": "state_ts"}).sort_values("state_ts")
-    return pd.merge_asof(rows, states, left_on="event_ts", right_on="state_ts", by="user_id",
-                         allow_exact_matches=True, direction="backward")
+    return pd.merge_asof(
+        rows,
+        states,
+        left_on="event_ts",
+        right_on="state_ts",
+        by="user_id",
+        allow_exact_matches=True,
+        direction="backward",
+    )
 
 
 @pytest.fixture(scope="session")
 def behaviour_home(spark, tmp_path_factory):
     """(cfg whose home holds interactions and user_behaviour after one run, run summary);
     shared with the interest-feature tests."""
-    cfg = load_config(home=tmp_path_factory.mktemp("features") / "mmi", dataset_dir=REAL_DATASET,
-                      spark_master="local[2]", spark_shuffle_partitions=4)
+    cfg = load_config(
+        home=tmp_path_factory.mktemp("features") / "mmi",
+        dataset_dir=REAL_DATASET,
+        spark_master="local[2]",
+        spark_shuffle_partitions=4,
+    )
     write_interactions(spark, cfg)
     return cfg, behaviour.run(cfg, spark)
 
@@ -133,8 +164,10 @@ def test_rerun_leaves_same_table(built, spark):
     after = DeltaTable(cfg.table("user_behaviour"))
     assert after.version() == version + 1  # one commit per run
     key = ["user_id", "event_ts"]
-    pd.testing.assert_frame_equal(before.sort_values(key).reset_index(drop=True),
-                                  after.to_pandas().sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        before.sort_values(key).reset_index(drop=True),
+        after.to_pandas().sort_values(key).reset_index(drop=True),
+    )
 
 
 def test_gate_refuses_a_state_that_sees_its_own_time(built, spark, tmp_path):
@@ -142,7 +175,8 @@ def test_gate_refuses_a_state_that_sees_its_own_time(built, spark, tmp_path):
     cfg = load_config(home=tmp_path / "mmi")
     bad = spark.createDataFrame(
         [(1, T0.to_pydatetime(), [5, 6], [int(T0.timestamp()), int(T0.timestamp()) - 9], 2)],
-        "user_id long, event_ts timestamp, hist_item_ids array<long>, hist_ts array<long>, hist_len int")
+        "user_id long, event_ts timestamp, hist_item_ids array<long>, hist_ts array<long>, hist_len int",
+    )
     with pytest.raises(FeatureCheckError, match="history item at or after") as err:
         behaviour.publish(bad, cfg)
     assert "features_user_behaviour.json" in str(err.value)

@@ -10,6 +10,7 @@ landed, set PIPELINE_COMPLETE = True (it is): a missing entry point then fails t
 being skipped. mm_training runs on the same features; a missing entry point of any DAG fails
 test_every_task_runs_its_entry_point_with_the_logical_date.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,43 +33,83 @@ PIPELINE_COMPLETE = True
 
 AIRFLOW_SH = REPO_ROOT / "infra" / "airflow.sh"
 DAGS = REPO_ROOT / "dags"
-DAG_FILES = {"mm_feature_pipeline.py": "mm_feature_pipeline", "mm_training.py": "mm_training",
-             "mm_new_items.py": "mm_new_items"}
+DAG_FILES = {
+    "mm_feature_pipeline.py": "mm_feature_pipeline",
+    "mm_training.py": "mm_training",
+    "mm_new_items.py": "mm_new_items",
+}
 # task id -> its entry point: ("spark", job) for spark-submit spark_jobs/<job>.py, ("mmi", words)
 ENTRY_POINTS = {
     "mm_feature_pipeline": {
-        "ingest": ("spark", "ingest"), "embed_items": ("spark", "embed_items"),
-        "behaviour": ("spark", "behaviour"), "interest_features": ("spark", "interest_features"),
+        "ingest": ("spark", "ingest"),
+        "embed_items": ("spark", "embed_items"),
+        "behaviour": ("spark", "behaviour"),
+        "interest_features": ("spark", "interest_features"),
         "features_apply": ("mmi", "features apply"),
-        "features_materialize": ("mmi", "features materialize")},
+        "features_materialize": ("mmi", "features materialize"),
+    },
     "mm_training": {
-        "trainset_build": ("mmi", "trainset build"), "train_din": ("mmi", "train"),
-        "train_content": ("mmi", "train"), "evaluate": ("mmi", "evaluate"), "promote": ("mmi", "promote")},
+        "trainset_build": ("mmi", "trainset build"),
+        "train_din": ("mmi", "train"),
+        "train_content": ("mmi", "train"),
+        "evaluate": ("mmi", "evaluate"),
+        "promote": ("mmi", "promote"),
+    },
     "mm_new_items": {
         "embed_new_items": ("spark", "embed_items"),
-        "features_materialize": ("mmi", "features materialize")},
+        "features_materialize": ("mmi", "features materialize"),
+    },
 }
 UPSTREAM = {
     "mm_feature_pipeline": {
-        "ingest": set(), "embed_items": {"ingest"}, "behaviour": {"ingest"},
-        "interest_features": {"embed_items", "behaviour"}, "features_apply": {"interest_features"},
-        "features_materialize": {"features_apply"}},
-    "mm_training": {"trainset_build": set(), "train_din": {"trainset_build"}, "train_content": {"trainset_build"},
-                    "evaluate": {"train_din", "train_content"}, "promote": {"evaluate"}},
+        "ingest": set(),
+        "embed_items": {"ingest"},
+        "behaviour": {"ingest"},
+        "interest_features": {"embed_items", "behaviour"},
+        "features_apply": {"interest_features"},
+        "features_materialize": {"features_apply"},
+    },
+    "mm_training": {
+        "trainset_build": set(),
+        "train_din": {"trainset_build"},
+        "train_content": {"trainset_build"},
+        "evaluate": {"train_din", "train_content"},
+        "promote": {"evaluate"},
+    },
     "mm_new_items": {"embed_new_items": set(), "features_materialize": {"embed_new_items"}},
 }
 # tasks of mm_feature_pipeline that process only their run's data interval, and the arguments
-WINDOWED = {t: '${MMI_DATA_INTERVAL_END:+--start "$MMI_DATA_INTERVAL_START" --end "$MMI_DATA_INTERVAL_END"}'
-            for t in ("ingest", "behaviour", "interest_features")}
+WINDOWED = {
+    t: '${MMI_DATA_INTERVAL_END:+--start "$MMI_DATA_INTERVAL_START" --end "$MMI_DATA_INTERVAL_END"}'
+    for t in ("ingest", "behaviour", "interest_features")
+}
 WINDOWED["features_materialize"] = '${MMI_DATA_INTERVAL_END:+--end "$MMI_DATA_INTERVAL_END"}'
 # what a successful task of mm_feature_pipeline leaves behind (Delta tables, with their keys)
-TABLES = {"ingest": {"interactions": ["user_id", "item_id", "event_ts"], "items": ["item_id"],
-                     "quarantine": ["source", "record_hash"]},
-          "embed_items": {"item_embeddings": ["item_id"]},
-          "behaviour": {"user_behaviour": ["user_id", "event_ts"]},
-          "interest_features": {"interest_features": ["user_id", "item_id", "event_ts"]}}
-HEAVY = ["pyspark", "torch", "feast", "great_expectations", "transformers", "deltalake", "pandas",
-         "numpy", "mminterest", "spark_jobs", "feature_repo", "training", "serving"]
+TABLES = {
+    "ingest": {
+        "interactions": ["user_id", "item_id", "event_ts"],
+        "items": ["item_id"],
+        "quarantine": ["source", "record_hash"],
+    },
+    "embed_items": {"item_embeddings": ["item_id"]},
+    "behaviour": {"user_behaviour": ["user_id", "event_ts"]},
+    "interest_features": {"interest_features": ["user_id", "item_id", "event_ts"]},
+}
+HEAVY = [
+    "pyspark",
+    "torch",
+    "feast",
+    "great_expectations",
+    "transformers",
+    "deltalake",
+    "pandas",
+    "numpy",
+    "mminterest",
+    "spark_jobs",
+    "feature_repo",
+    "training",
+    "serving",
+]
 
 PROBE = r"""
 import json, sys, time
@@ -110,21 +151,32 @@ def _mmi_has(words: str) -> bool:
 
 def _landed(entry) -> bool:
     kind, name = entry
-    return (REPO_ROOT / "spark_jobs" / f"{name}.py").is_file() if kind == "spark" else _mmi_has(name)
+    return (
+        (REPO_ROOT / "spark_jobs" / f"{name}.py").is_file() if kind == "spark" else _mmi_has(name)
+    )
 
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
     """The DAG folder as Airflow's DAG processor parses it (a fresh interpreter, Airflow loaded)."""
     home = tmp_path_factory.mktemp("airflow_probe")
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
     code = f"HEAVY = {HEAVY!r}\n" + PROBE
-    res = subprocess.run([sys.executable, "-c", code, str(DAGS)], env=env, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(DAGS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [line for line in res.stdout.splitlines() if line.startswith("PROBE ")]
     assert res.returncode == 0 and lines, res.stdout[-3000:] + res.stderr[-3000:]
-    return json.loads(lines[-1][len("PROBE "):])
+    return json.loads(lines[-1][len("PROBE ") :])
 
 
 def test_dag_files_parse_fast_without_errors_or_heavy_imports(probe):
@@ -141,7 +193,9 @@ def test_task_ids_and_dependencies_as_designed(probe):
         tasks = probe["dags"][dag_id]["tasks"]
         assert {t: set(v["upstream"]) for t, v in tasks.items()} == expected, dag_id
         try:
-            order = list(TopologicalSorter({t: v["upstream"] for t, v in tasks.items()}).static_order())
+            order = list(
+                TopologicalSorter({t: v["upstream"] for t, v in tasks.items()}).static_order()
+            )
         except CycleError as err:
             pytest.fail(f"{dag_id} has a cycle: {err}")
         assert len(order) == len(tasks)
@@ -168,7 +222,9 @@ def test_every_task_runs_its_entry_point_with_the_logical_date(probe):
                 assert cmd.rstrip().endswith(f" spark_jobs/{name}.py")
                 assert f"PYSPARK_PYTHON={venv_bin}/python" in cmd
             else:  # `mmi <name>`, options after it
-                assert cmd.rstrip().splitlines()[-1].split(" --")[0] == f"exec {venv_bin}/mmi {name}"
+                assert (
+                    cmd.rstrip().splitlines()[-1].split(" --")[0] == f"exec {venv_bin}/mmi {name}"
+                )
             assert f"export PYTHONPATH={REPO_ROOT}" in cmd and "set -euo pipefail" in cmd
             assert task["append_env"] is True
             assert "dag_run.logical_date" in task["env"]["MMI_LOGICAL_DATE"]
@@ -179,12 +235,17 @@ def test_every_task_runs_its_entry_point_with_the_logical_date(probe):
     # training hand-offs name this DAG run's runs explicitly, never "the latest run"
     tasks = probe["dags"]["mm_training"]["tasks"]
     for task_id in ("train_din", "train_content", "evaluate", "promote"):
-        assert "--run" in tasks[task_id]["bash_command"] and "{{ run_id }}" in tasks[task_id]["bash_command"]
+        assert (
+            "--run" in tasks[task_id]["bash_command"]
+            and "{{ run_id }}" in tasks[task_id]["bash_command"]
+        )
     # the writers of item_embeddings and of the online store never overlap across DAGs
-    for dag_id, task_id, pool in [("mm_feature_pipeline", "embed_items", "mm_item_embeddings"),
-                                  ("mm_new_items", "embed_new_items", "mm_item_embeddings"),
-                                  ("mm_feature_pipeline", "features_materialize", "mm_online_store"),
-                                  ("mm_new_items", "features_materialize", "mm_online_store")]:
+    for dag_id, task_id, pool in [
+        ("mm_feature_pipeline", "embed_items", "mm_item_embeddings"),
+        ("mm_new_items", "embed_new_items", "mm_item_embeddings"),
+        ("mm_feature_pipeline", "features_materialize", "mm_online_store"),
+        ("mm_new_items", "features_materialize", "mm_online_store"),
+    ]:
         assert probe["dags"][dag_id]["tasks"][task_id]["pool"] == pool
 
 
@@ -198,20 +259,26 @@ N_LATER = 30  # real ratings of the slice stamped on OTHER_DATE: due in that day
 def _later_ratings() -> list[str]:
     """The slice's first N_LATER ratings again (same users and items), at OTHER_DATE 12:00 + k s."""
     noon = int(datetime.fromisoformat(f"{OTHER_DATE}T12:00:00+00:00").timestamp())
-    head = (REAL_DATASET / "ratings.csv").read_text().splitlines()[1: N_LATER + 1]
+    head = (REAL_DATASET / "ratings.csv").read_text().splitlines()[1 : N_LATER + 1]
     return [",".join(line.split(",")[:3] + [str(noon + k)]) for k, line in enumerate(head)]
 
 
-def _slice(root: Path, extra_ratings: list[str] = (), n_ratings: int = N_RATINGS,
-           n_posters: int = N_POSTERS) -> Path:
+def _slice(
+    root: Path,
+    extra_ratings: list[str] = (),
+    n_ratings: int = N_RATINGS,
+    n_posters: int = N_POSTERS,
+) -> Path:
     """The head of the real ratings, the movies they name, real posters of some of them (linked)."""
     (root / "posters").mkdir(parents=True)
     ratings = (REAL_DATASET / "ratings.csv").read_text().splitlines()[: n_ratings + 1]
     (root / "ratings.csv").write_text("\n".join(ratings + list(extra_ratings)) + "\n")
     ids = {line.split(",")[1] for line in ratings[1:]}
     movies = (REAL_DATASET / "movies.csv").read_bytes().splitlines()
-    (root / "movies.csv").write_bytes(b"\n".join(
-        movies[:1] + [m for m in movies[1:] if m.split(b",", 1)[0].decode() in ids]) + b"\n")
+    (root / "movies.csv").write_bytes(
+        b"\n".join(movies[:1] + [m for m in movies[1:] if m.split(b",", 1)[0].decode() in ids])
+        + b"\n"
+    )
     index = (REAL_DATASET / "posters_index.csv").read_text().splitlines()
     index = index[:1] + [line for line in index[1:] if line.split(",", 1)[0] in ids][:n_posters]
     (root / "posters_index.csv").write_text("\n".join(index) + "\n")
@@ -221,12 +288,25 @@ def _slice(root: Path, extra_ratings: list[str] = (), n_ratings: int = N_RATINGS
     return root
 
 
-def _airflow(home: Path, dataset: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MMI_HOME": str(home), "MMI_DATASET_DIR": str(dataset),
-           "MMI_SPARK_MASTER": "local[2]", "MMI_SPARK_SHUFFLE_PARTITIONS": "2",
-           "MMI_SPARK_DRIVER_MEMORY": "1g"}
-    return subprocess.run([str(AIRFLOW_SH), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO_ROOT)
+def _airflow(
+    home: Path, dataset: Path, *args: str, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "MMI_HOME": str(home),
+        "MMI_DATASET_DIR": str(dataset),
+        "MMI_SPARK_MASTER": "local[2]",
+        "MMI_SPARK_SHUFFLE_PARTITIONS": "2",
+        "MMI_SPARK_DRIVER_MEMORY": "1g",
+    }
+    return subprocess.run(
+        [str(AIRFLOW_SH), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+    )
 
 
 def _plan() -> tuple[set[str], set[str]]:
@@ -234,7 +314,10 @@ def _plan() -> tuple[set[str], set[str]]:
     point exists and every upstream task runs."""
     run: set[str] = set()
     for task in TopologicalSorter(UPSTREAM["mm_feature_pipeline"]).static_order():
-        if _landed(ENTRY_POINTS["mm_feature_pipeline"][task]) and UPSTREAM["mm_feature_pipeline"][task] <= run:
+        if (
+            _landed(ENTRY_POINTS["mm_feature_pipeline"][task])
+            and UPSTREAM["mm_feature_pipeline"][task] <= run
+        ):
             run.add(task)
     return run, set(UPSTREAM["mm_feature_pipeline"]) - run
 
@@ -242,17 +325,26 @@ def _plan() -> tuple[set[str], set[str]]:
 def _states(home: Path, dag_id: str) -> dict[str, str]:
     """Task states of the latest run of `dag_id`, from Airflow's metadata database."""
     with sqlite3.connect(home / "airflow" / "airflow.db") as db:
-        (run_id,) = db.execute("SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
-                               (dag_id,)).fetchone()
-        return dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
-                               (dag_id, run_id)).fetchall())
+        (run_id,) = db.execute(
+            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+        ).fetchone()
+        return dict(
+            db.execute(
+                "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+                (dag_id, run_id),
+            ).fetchall()
+        )
 
 
 def _snapshot(home: Path, tables: dict[str, list[str]]):
     from deltalake import DeltaTable
 
-    return {name: DeltaTable(str(home / "delta" / name)).to_pyarrow_table().sort_by(
-        [(k, "ascending") for k in keys]) for name, keys in tables.items()}
+    return {
+        name: DeltaTable(str(home / "delta" / name))
+        .to_pyarrow_table()
+        .sort_by([(k, "ascending") for k in keys])
+        for name, keys in tables.items()
+    }
 
 
 def _run_pipeline(home: Path, dataset: Path, date: str, mark: set[str]) -> str:
@@ -276,8 +368,15 @@ def feature_run(tmp_path_factory):
     home, dataset = root / "mmi", _slice(root / "data", extra_ratings=_later_ratings())
     log = _run_pipeline(home, dataset, DATE, mark)
     tables = {name: keys for task in run for name, keys in TABLES.get(task, {}).items()}
-    return {"home": home, "dataset": dataset, "log": log, "run": run, "mark": mark,
-            "tables": tables, "snapshot": _snapshot(home, tables)}
+    return {
+        "home": home,
+        "dataset": dataset,
+        "log": log,
+        "run": run,
+        "mark": mark,
+        "tables": tables,
+        "snapshot": _snapshot(home, tables),
+    }
 
 
 def test_feature_pipeline_runs_through_airflow(feature_run):
@@ -286,16 +385,22 @@ def test_feature_pipeline_runs_through_airflow(feature_run):
     states = _states(home, "mm_feature_pipeline")
     assert states == {t: "success" for t in UPSTREAM["mm_feature_pipeline"]}, states
     # every task that ran saw the run's logical date and the spark_default master
-    assert log.count(f"logical date {DATE}T00:00:00+00:00 | spark local[2] | home {home}") == len(run)
+    assert log.count(f"logical date {DATE}T00:00:00+00:00 | spark local[2] | home {home}") == len(
+        run
+    )
     n_items = len((dataset / "movies.csv").read_bytes().splitlines()) - 1
     assert f"written {N_RATINGS + n_items + N_POSTERS:,} (interactions {N_RATINGS:,}" in log
     assert feature_run["snapshot"]["interactions"].num_rows == N_RATINGS
-    assert all(t.num_rows > 0 for name, t in feature_run["snapshot"].items() if name != "quarantine")
+    assert all(
+        t.num_rows > 0 for name, t in feature_run["snapshot"].items() if name != "quarantine"
+    )
     if "features_apply" in run:
         assert (home / "feast" / "registry.db").is_file()
 
 
-def test_cleared_rerun_leaves_the_tables_and_a_later_date_adds_its_day(feature_run, spark, tmp_path):
+def test_cleared_rerun_leaves_the_tables_and_a_later_date_adds_its_day(
+    feature_run, spark, tmp_path
+):
     """Re-running the same logical date (dags test clears that run first) leaves the same tables.
     The next date (a backfill runs dates one at a time) admits that day's events only, and its
     incremental behaviour and interest tables equal a full rebuild from the same inputs."""
@@ -309,13 +414,17 @@ def test_cleared_rerun_leaves_the_tables_and_a_later_date_adds_its_day(feature_r
     assert f"written {N_LATER:,} (interactions {N_LATER:,}, items 0, images 0)" in log
     assert after["interactions"].num_rows == N_RATINGS + N_LATER
     assert after["user_behaviour"] != feature_run["snapshot"]["user_behaviour"]
-    rebuilt = load_config(home=tmp_path / "mmi", spark_master="local[2]", spark_shuffle_partitions=2)
+    rebuilt = load_config(
+        home=tmp_path / "mmi", spark_master="local[2]", spark_shuffle_partitions=2
+    )
     for name in ("interactions", "item_embeddings"):
         shutil.copytree(home / "delta" / name, rebuilt.table(name))
     behaviour.run(rebuilt, spark)
     interest_features.run(rebuilt, spark)
-    derived = {"user_behaviour": TABLES["behaviour"]["user_behaviour"],
-               "interest_features": TABLES["interest_features"]["interest_features"]}
+    derived = {
+        "user_behaviour": TABLES["behaviour"]["user_behaviour"],
+        "interest_features": TABLES["interest_features"]["interest_features"],
+    }
     assert _snapshot(rebuilt.home, derived) == {t: after[t] for t in derived}
 
 
@@ -330,10 +439,15 @@ def test_training_dag_runs_on_the_features(feature_run):
     assert res.returncode == 0, log[-6000:]
     states = _states(home, "mm_training")
     assert {t: s for t, s in states.items() if t != "promote"} == {
-        t: "success" for t in UPSTREAM["mm_training"] if t != "promote"}, states
+        t: "success" for t in UPSTREAM["mm_training"] if t != "promote"
+    }, states
     assert states["promote"] in ("success", "skipped"), states  # skipped: not better than promoted
-    trained = sorted(p.name for p in (home / "models" / "ctr").iterdir() if p.name.endswith(("-din", "-dmae")))
-    assert len(trained) == 2 and trained[0].removesuffix("-din") == trained[1].removesuffix("-dmae"), trained
+    trained = sorted(
+        p.name for p in (home / "models" / "ctr").iterdir() if p.name.endswith(("-din", "-dmae"))
+    )
+    assert len(trained) == 2 and trained[0].removesuffix("-din") == trained[1].removesuffix(
+        "-dmae"
+    ), trained
     current = home / "models" / "ctr" / "current"
     if states["promote"] == "success":
         assert current.resolve().name in trained  # the DAG's own runs only, never the manual one
@@ -348,7 +462,9 @@ def test_failing_gate_fails_the_task_with_its_report_path(tmp_path):
     log = res.stdout + res.stderr
     assert "Task failed with exception" in log and "Bash command failed" in log, log[-6000:]
     reports = home / "reports" / "validation"
-    assert f"suite ingest_interactions: FAILED (report {reports / 'ingest_interactions.json'})" in log
+    assert (
+        f"suite ingest_interactions: FAILED (report {reports / 'ingest_interactions.json'})" in log
+    )
     assert "ingest refused: bad-row share above max_bad_fraction" in log
     assert f"reports in {reports}" in log
     assert (reports / "ingest_interactions.json").is_file()

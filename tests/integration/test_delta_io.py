@@ -1,4 +1,5 @@
 """Delta I/O through delta-rs: one commit per write, live files only, reads back in Spark and deltalake."""
+
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
@@ -7,7 +8,8 @@ from spark_jobs import delta_io
 
 def _frame(spark, rows):
     return spark.createDataFrame(rows, "k long, v string, vec array<float>").withColumn(
-        "ts", F.to_timestamp(F.lit("2020-01-01 00:00:00")))
+        "ts", F.to_timestamp(F.lit("2020-01-01 00:00:00"))
+    )
 
 
 def test_merge_upserts_and_reads_only_live_files(spark, tmp_path):

@@ -1,6 +1,7 @@
 """embed_items on a 200-movie slice of the real data (ingested by the ingest job) with a tiny promoted
 encoder: contract schema, coverage, the gate, an idempotent re-run embeds nothing, a changed item is
 re-embedded, int8 storage report."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,12 +26,13 @@ def make_slice(root):
     posters (linked); returns the number of posters."""
     (root / "posters").mkdir(parents=True)
     lines = (REAL_DATASET / "movies.csv").read_bytes().splitlines()
-    movies = lines[:1] + lines[1::(len(lines) - 1) // MOVIES][:MOVIES]
+    movies = lines[:1] + lines[1 :: (len(lines) - 1) // MOVIES][:MOVIES]
     (root / "movies.csv").write_bytes(b"\n".join(movies) + b"\n")
     ids = {line.split(b",")[0].decode() for line in movies[1:]}
     ratings = (REAL_DATASET / "ratings.csv").read_text().splitlines()
-    (root / "ratings.csv").write_text("\n".join(ratings[:1] + [r for r in ratings[1:]
-                                                                if r.split(",")[1] in ids]) + "\n")
+    (root / "ratings.csv").write_text(
+        "\n".join(ratings[:1] + [r for r in ratings[1:] if r.split(",")[1] in ids]) + "\n"
+    )
     index = (REAL_DATASET / "posters_index.csv").read_text().splitlines()
     kept = [line for line in index[1:] if line.split(",")[0] in ids]
     for line in kept:
@@ -45,15 +47,24 @@ def home(spark, tmp_path_factory):
     """(cfg with ingested items + a promoted tiny encoder, posters in the slice, first run summary)."""
     tmp = tmp_path_factory.mktemp("embed")
     posters = make_slice(tmp / "data")
-    cfg = load_config(home=tmp / "mmi", dataset_dir=tmp / "data", spark_master="local[2]",
-                      spark_shuffle_partitions=4)
+    cfg = load_config(
+        home=tmp / "mmi",
+        dataset_dir=tmp / "data",
+        spark_master="local[2]",
+        spark_shuffle_partitions=4,
+    )
     ingest.run(cfg, spark)
     tiny_encoder().save(cfg.encoder_dir)
     return cfg, posters, embed_items.run(cfg, spark, batch_size=32, int8=True)
 
 
 def _table(cfg) -> pd.DataFrame:
-    return DeltaTable(cfg.table("item_embeddings")).to_pandas().sort_values("item_id").reset_index(drop=True)
+    return (
+        DeltaTable(cfg.table("item_embeddings"))
+        .to_pandas()
+        .sort_values("item_id")
+        .reset_index(drop=True)
+    )
 
 
 def test_schema_coverage_and_vectors(home):
@@ -61,20 +72,31 @@ def test_schema_coverage_and_vectors(home):
     emb = DeltaTable(cfg.table("item_embeddings"))
     types = {f.name: str(f.type) for f in pa.schema(emb.schema().to_arrow())}
     assert list(types) == schemas.ITEM_EMBEDDINGS.names  # CONTRACTS.md
-    assert types["item_id"] == "int64" and types["has_img"] == "bool" and types["fused"] == "list<element: float>"
+    assert (
+        types["item_id"] == "int64"
+        and types["has_img"] == "bool"
+        and types["fused"] == "list<element: float>"
+    )
     assert types["valid_from_ts"].startswith("timestamp")
     table, items = _table(cfg), DeltaTable(cfg.table("items")).to_pandas().sort_values("item_id")
     assert summary.rows_in == summary.embedded == summary.total == len(table) == MOVIES
     assert summary.with_image == posters == int(table.has_img.sum()) and 0 < posters < MOVIES
-    assert "coverage with image" in summary.line() and (table.encoder_version == tiny_encoder().encoder_version()).all()
+    assert (
+        "coverage with image" in summary.line()
+        and (table.encoder_version == tiny_encoder().encoder_version()).all()
+    )
     assert (table.has_img.to_numpy() == items.image_path.notna().to_numpy()).all()
     # one normalised category, the same in items and item_embeddings (no-genre movies: "unknown")
     assert (table.category.to_numpy() == items.category.to_numpy()).all()
-    assert items.category.map(schemas.category).equals(items.category) and "|" not in "".join(items.category)
+    assert items.category.map(schemas.category).equals(items.category) and "|" not in "".join(
+        items.category
+    )
     assert table.loc[~table.has_img, "img"].isna().all()
     for name in ("txt", "fused"):
         vecs = np.stack(table[name].to_numpy())
-        assert vecs.shape == (MOVIES, 16) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
+        assert vecs.shape == (MOVIES, 16) and np.allclose(
+            np.linalg.norm(vecs, axis=1), 1, atol=1e-4
+        )
     img = np.stack(table.loc[table.has_img, "img"].to_numpy())
     assert np.allclose(np.linalg.norm(img, axis=1), 1, atol=1e-4)
     first_seen = items.set_index("item_id").first_seen_ts
@@ -93,7 +115,9 @@ def test_rerun_embeds_nothing_and_a_changed_item_is_reembedded(home, spark):
     items = DeltaTable(cfg.table("items")).to_pyarrow_table()
     changed_id = int(before.item_id[5])
     row = items.filter(pa.compute.equal(items["item_id"], changed_id))
-    row = row.set_column(row.schema.get_field_index("text"), "text", pa.array(["A brand new synopsis."]))
+    row = row.set_column(
+        row.schema.get_field_index("text"), "text", pa.array(["A brand new synopsis."])
+    )
     tables.merge_arrow(row, cfg.table("items"), ["item_id"])
     third = embed_items.run(cfg, spark, batch_size=32)
     assert (third.embedded, third.skipped) == (1, MOVIES - 1)
@@ -109,10 +133,13 @@ def test_gate_refuses_bad_vectors(home, spark):
     cfg, _, _ = home
     rows = _table(cfg).head(3)
     rows["fused"] = [np.full(16, 0.5, np.float32), rows.fused[1], np.full(16, np.nan, np.float32)]
-    frame = spark.createDataFrame(rows[["item_id", "encoder_version", "img", "txt", "fused", "has_img",
-                                        "valid_from_ts"]])
+    frame = spark.createDataFrame(
+        rows[["item_id", "encoder_version", "img", "txt", "fused", "has_img", "valid_from_ts"]]
+    )
     with pytest.raises(FeatureCheckError, match="fused vector"):
-        publish_gate(embed_items.check_frame(frame, 16), "test_item_embeddings", embed_items.checks(16), cfg)
+        publish_gate(
+            embed_items.check_frame(frame, 16), "test_item_embeddings", embed_items.checks(16), cfg
+        )
 
 
 def test_a_table_without_category_gets_it_from_items_without_reembedding(tmp_path):
@@ -120,14 +147,20 @@ def test_a_table_without_category_gets_it_from_items_without_reembedding(tmp_pat
     cfg = load_config(home=tmp_path / "mmi")
     old = schemas.table("item_embeddings", {"item_id": [1, 2, 3], "txt": [[1.0], [0.0], [0.5]]})
     write_deltalake(cfg.table("item_embeddings"), old.drop_columns(["category"]))
-    write_deltalake(cfg.table("items"), schemas.table("items", {"item_id": [1, 2], "category": ["Drama", None]}))
+    write_deltalake(
+        cfg.table("items"), schemas.table("items", {"item_id": [1, 2], "category": ["Drama", None]})
+    )
     assert embed_items.backfill_category(cfg) and not embed_items.backfill_category(cfg)
     table = _table(cfg)
-    assert table.category.tolist() == ["Drama", "unknown", None] and table.txt.map(list).tolist() == [[1], [0], [.5]]
+    assert table.category.tolist() == ["Drama", "unknown", None] and table.txt.map(
+        list
+    ).tolist() == [[1], [0], [0.5]]
 
 
 def test_int8_round_trip():
-    vecs = torch.nn.functional.normalize(torch.randn(50, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    vecs = torch.nn.functional.normalize(
+        torch.randn(50, 32, generator=torch.Generator().manual_seed(0)), dim=1
+    )
     codes, scales = quantize_int8(vecs.numpy())
     assert codes.dtype == np.int8 and scales.dtype == np.float32
     assert np.abs(dequantize_int8(codes, scales) - vecs.numpy()).max() <= scales.max() / 2 + 1e-7

@@ -1,5 +1,6 @@
 """The Feast project over real Delta tables: generated config, both correctness traps of DESIGN.md,
 point-in-time training sets, materialisation and the online read path (SQLite online store)."""
+
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,11 @@ def _reader(cfg, store) -> OnlineFeatures:
 
 def _stock_store(cfg) -> FeatureStore:
     """The same project with Feast's stock file offline store, to show what the traps do."""
-    return FeatureStore(config=RepoConfig(repo_path=cfg.feast_dir,
-                                          **{**repo_config(cfg), "offline_store": {"type": "file"}}))
+    return FeatureStore(
+        config=RepoConfig(
+            repo_path=cfg.feast_dir, **{**repo_config(cfg), "offline_store": {"type": "file"}}
+        )
+    )
 
 
 def test_feature_store_yaml_is_read_with_the_config(tmp_path):
@@ -49,8 +53,9 @@ def test_feature_store_yaml_is_read_with_the_config(tmp_path):
     assert sqlite["offline_store"] == {"type": CLASS_PATH}
     assert sqlite["online_store"] == {"type": "sqlite", "path": str(cfg.feast_dir / "online.db")}
     assert sqlite["registry"]["path"] == f"sqlite:///{cfg.feast_dir / 'registry.db'}"
-    redis = repo_config(load_config(home=tmp_path / "h", online_store="redis",
-                                    redis_url="10.1.2.3:6390"))
+    redis = repo_config(
+        load_config(home=tmp_path / "h", online_store="redis", redis_url="10.1.2.3:6390")
+    )
     assert redis["online_store"]["connection_string"] == "10.1.2.3:6390"
     store = open_store(cfg)
     assert type(store._get_provider().offline_store).__name__ == "DeltaOfflineStore"
@@ -61,7 +66,10 @@ def test_feature_store_yaml_is_read_with_the_config(tmp_path):
 def test_apply_registers_the_definitions_and_is_idempotent(built):
     cfg, store, _ = built
     assert {fv.name for fv in store.list_feature_views()} == {
-        "item_embeddings", "user_behaviour", "interest_features"}
+        "item_embeddings",
+        "user_behaviour",
+        "interest_features",
+    }
     assert {s.name for s in store.list_feature_services()} == {"ctr_training", "ctr_serving"}
     assert "FeatureService ctr_serving" in repo.apply(store)
     assert len(store.list_feature_views()) == 3
@@ -72,14 +80,22 @@ def test_trap1_after_a_merge_only_the_corrected_value_comes_back(built):
     path = cfg.table("item_embeddings")
     table = DeltaTable(path)
     fixed = table.to_pyarrow_table().filter(pc.field("item_id") == 7)
-    fixed = fixed.set_column(fixed.schema.get_field_index("fused"), "fused",
-                             pa.array([[9.0, 9.0, 9.0, 9.0]], pa.list_(pa.float32())))
-    (table.merge(fixed, "t.item_id = s.item_id", source_alias="s", target_alias="t")
-     .when_matched_update_all().execute())
+    fixed = fixed.set_column(
+        fixed.schema.get_field_index("fused"),
+        "fused",
+        pa.array([[9.0, 9.0, 9.0, 9.0]], pa.list_(pa.float32())),
+    )
+    (
+        table.merge(fixed, "t.item_id = s.item_id", source_alias="s", target_alias="t")
+        .when_matched_update_all()
+        .execute()
+    )
     live = DeltaTable(path).file_uris()
     assert len(list(Path(path).glob("*.parquet"))) > len(live)  # the stale twin is still on disk
 
-    entities = pd.DataFrame({"item_id": [7, 7], "event_timestamp": [T0 + pd.Timedelta(days=400)] * 2})
+    entities = pd.DataFrame(
+        {"item_id": [7, 7], "event_timestamp": [T0 + pd.Timedelta(days=400)] * 2}
+    )
     frame = get_training_frame(store, entities, ["item_embeddings:fused"])
     assert len(frame) == 2
     assert [list(v) for v in frame["fused"]] == [[9.0] * 4] * 2
@@ -94,9 +110,21 @@ def test_trap1_after_a_merge_only_the_corrected_value_comes_back(built):
 def test_trap2_an_entity_row_before_every_feature_row_comes_back_with_nulls(built):
     cfg, store, interactions = built
     late = interactions.tail(3)
-    entities = pd.concat([late.iloc[:1], pd.DataFrame({
-        "user_id": [1], "item_id": [4], "event_ts": [T0 - pd.Timedelta(days=1)], "label": [0]}),
-        late.iloc[1:]], ignore_index=True).rename(columns={"event_ts": "event_timestamp"})
+    entities = pd.concat(
+        [
+            late.iloc[:1],
+            pd.DataFrame(
+                {
+                    "user_id": [1],
+                    "item_id": [4],
+                    "event_ts": [T0 - pd.Timedelta(days=1)],
+                    "label": [0],
+                }
+            ),
+            late.iloc[1:],
+        ],
+        ignore_index=True,
+    ).rename(columns={"event_ts": "event_timestamp"})
     frame = get_training_frame(store, entities)  # ctr_training
     assert len(frame) == 4 and frame.attrs["restored_rows"] == 0
     assert frame[["user_id", "item_id", "label"]].equals(entities[["user_id", "item_id", "label"]])
@@ -105,8 +133,9 @@ def test_trap2_an_entity_row_before_every_feature_row_comes_back_with_nulls(buil
     assert all(frame.drop(index=1)["sim_txt"].map(lambda v: v is not None))
 
     # Feast's stock file offline store drops that row; the wrapper puts it back, in place.
-    restored = get_training_frame(_stock_store(cfg), entities, ["user_behaviour:hist_len",
-                                                    "item_embeddings:fused"])
+    restored = get_training_frame(
+        _stock_store(cfg), entities, ["user_behaviour:hist_len", "item_embeddings:fused"]
+    )
     assert restored.attrs["restored_rows"] >= 1, "the stock store no longer drops rows (Trap 2)"
     assert restored[["user_id", "item_id"]].equals(entities[["user_id", "item_id"]])
     assert pd.isna(restored.loc[1, "hist_len"]) and restored.loc[1, "fused"] is None
@@ -121,8 +150,11 @@ def test_trap2_an_entity_row_before_every_feature_row_comes_back_with_nulls(buil
 
 def test_training_frame_joins_point_in_time(built):
     cfg, store, interactions = built
-    entities = interactions.sample(frac=1.0, random_state=2).rename(
-        columns={"event_ts": "event_timestamp"}).reset_index(drop=True)
+    entities = (
+        interactions.sample(frac=1.0, random_state=2)
+        .rename(columns={"event_ts": "event_timestamp"})
+        .reset_index(drop=True)
+    )
     frame = get_training_frame(store, entities)
     assert len(frame) == len(entities)
     states = synthetic.behaviour_states(interactions, cfg.seq_len)

@@ -1,5 +1,6 @@
 """Ingest on a slice of the real data plus crafted bad rows: every bad row lands in quarantine
 with the right reason, good + quarantined = input, re-runs are idempotent, the threshold holds."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,11 @@ def dataset(tmp_path):
         path = line.split(",")[-2]
         (root / path).symlink_to(REAL_DATASET / path)
     (root / "posters" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    extra = ["5000,A,A,exact,posters/missing.jpg,1", "5001,B,B,exact,posters/corrupt.jpg,1",
-             "888888,C,C,exact,posters/1.jpg,1"]
+    extra = [
+        "5000,A,A,exact,posters/missing.jpg,1",
+        "5001,B,B,exact,posters/corrupt.jpg,1",
+        "888888,C,C,exact,posters/1.jpg,1",
+    ]
     (root / "posters_index.csv").write_text("\n".join(index + extra) + "\n")
     return root
 
@@ -57,9 +61,14 @@ def _quarantine(cfg):
 
 
 def _state(cfg):
-    return {t: DeltaTable(cfg.table(t)).to_pandas().sort_values(keys).reset_index(drop=True)
-            for t, keys in [("interactions", ["user_id", "item_id", "event_ts"]), ("items", ["item_id"]),
-                            ("quarantine", ["source", "record_hash"])]}
+    return {
+        t: DeltaTable(cfg.table(t)).to_pandas().sort_values(keys).reset_index(drop=True)
+        for t, keys in [
+            ("interactions", ["user_id", "item_id", "event_ts"]),
+            ("items", ["item_id"]),
+            ("quarantine", ["source", "record_hash"]),
+        ]
+    }
 
 
 def test_bad_rows_are_quarantined_with_reasons(spark, cfg, dataset):
@@ -67,20 +76,30 @@ def test_bad_rows_are_quarantined_with_reasons(spark, cfg, dataset):
     summary = ingest.run(cfg, spark)
 
     q = _quarantine(cfg)
-    reasons = {src: sorted(q[q.source == src].reason) for src in ("interactions", "items", "images")}
+    reasons = {
+        src: sorted(q[q.source == src].reason) for src in ("interactions", "items", "images")
+    }
     assert reasons["interactions"] == sorted(list(BAD_RATINGS.values()) + ["duplicate event"])
     assert reasons["items"] == sorted(BAD_MOVIES.values())
-    assert reasons["images"] == ["corrupt image file", "image of unknown item_id", "missing image file"]
+    assert reasons["images"] == [
+        "corrupt image file",
+        "image of unknown item_id",
+        "missing image file",
+    ]
     # each crafted rating is quarantined under its own reason (matched on its raw fields)
     for line, reason in BAD_RATINGS.items():
         user, item, rating, ts = (v or None for v in line.split(","))
         rows = [json.loads(r) for r in q[q.reason == reason].record]
         assert {"userId": user, "movieId": item, "rating": rating, "timestamp": ts} in [
-            {k: r.get(k) for k in ("userId", "movieId", "rating", "timestamp")} for r in rows]
+            {k: r.get(k) for k in ("userId", "movieId", "rating", "timestamp")} for r in rows
+        ]
 
     # nothing lost: good + quarantined = input, per source
-    assert summary.rows_in == {"interactions": N_RATINGS + len(BAD_RATINGS) + 1,
-                               "items": N_MOVIES + len(BAD_MOVIES), "images": N_POSTERS + 3}
+    assert summary.rows_in == {
+        "interactions": N_RATINGS + len(BAD_RATINGS) + 1,
+        "items": N_MOVIES + len(BAD_MOVIES),
+        "images": N_POSTERS + 3,
+    }
     for src, n in summary.rows_in.items():
         assert summary.written[src] + summary.quarantined[src] == n
         assert q[q.source == src].copies.sum() == summary.quarantined[src]

@@ -2,6 +2,7 @@
 item_embeddings table (random unit vectors; some items without img, some without any vector):
 equal to feature_math called directly on brute-force histories, point-in-time, gated, and a
 windowed re-run recomputes only its users' rows, to the same values."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,12 +37,15 @@ def write_embeddings(spark, cfg, item_ids) -> pd.DataFrame:
     frame["img"] = [v if h else None for v, h in zip(frame["img"], frame["has_img"])]
     frame["content_hash"] = frame["item_id"].astype(str)
     frame["valid_from_ts"] = frame["updated_ts"] = pd.Timestamp("1990-01-01", tz="UTC")
-    schema = ("item_id long, encoder_version string, img array<float>, txt array<float>, "
-              "fused array<float>, has_img boolean, content_hash string, valid_from_ts timestamp, "
-              "updated_ts timestamp")
+    schema = (
+        "item_id long, encoder_version string, img array<float>, txt array<float>, "
+        "fused array<float>, has_img boolean, content_hash string, valid_from_ts timestamp, "
+        "updated_ts timestamp"
+    )
     cols = [c.split()[0] for c in schema.split(", ")]
     frame[["img", "txt", "fused"]] = frame[["img", "txt", "fused"]].map(
-        lambda v: None if v is None else v.tolist())
+        lambda v: None if v is None else v.tolist()
+    )
     delta_io.write(spark.createDataFrame(frame[cols], schema), cfg.table("item_embeddings"))
     return frame
 
@@ -57,15 +61,24 @@ def built(spark, behaviour_home):
 
 
 def _table(cfg) -> pd.DataFrame:
-    return DeltaTable(cfg.table("interest_features")).to_pandas().sort_values(KEY).reset_index(drop=True)
+    return (
+        DeltaTable(cfg.table("interest_features"))
+        .to_pandas()
+        .sort_values(KEY)
+        .reset_index(drop=True)
+    )
 
 
 def _lookup(embeddings: pd.DataFrame, field: str, item_ids: np.ndarray):
     """(vectors (..., d), presence (...)) of `item_ids`; zeros where absent."""
     ids = embeddings["item_id"].to_numpy()
     has = embeddings[field].notna().to_numpy()
-    mat = np.stack([np.zeros(DIMS[field], np.float32) if v is None else np.asarray(v, np.float32)
-                    for v in embeddings[field]])
+    mat = np.stack(
+        [
+            np.zeros(DIMS[field], np.float32) if v is None else np.asarray(v, np.float32)
+            for v in embeddings[field]
+        ]
+    )
     pos = np.clip(np.searchsorted(ids, item_ids), 0, len(ids) - 1)
     present = (ids[pos] == item_ids) & has[pos]
     return np.where(present[..., None], mat[pos], np.float32(0)), present
@@ -78,7 +91,7 @@ def _reference(cfg, rows: pd.DataFrame, interactions, embeddings) -> dict[str, n
     hist_mask = np.zeros((len(rows), T), bool)
     for b, row in enumerate(rows.itertuples()):
         items, _ = positives.before(row.user_id, row.event_ts, T)
-        hist[b, :len(items)], hist_mask[b, :len(items)] = items, True
+        hist[b, : len(items)], hist_mask[b, : len(items)] = items, True
     targets, histories, masks = {}, {}, {}
     for m in ("img", "txt"):
         targets[m], target_has = _lookup(embeddings, m, rows["item_id"].to_numpy())
@@ -135,8 +148,10 @@ def test_gate_refuses_a_bad_table_and_writes_nothing(built, spark):
     cfg, _, _, _, _ = built
     version = DeltaTable(cfg.table("interest_features")).version()
     good = delta_io.read(spark, cfg.table("interest_features")).where("hist_len > 0").limit(20)
-    bad = good.withColumn("sim_txt", F.concat(F.array(F.lit(1.5).cast("float")),
-                                              F.slice("sim_txt", 2, cfg.seq_len - 1)))
+    bad = good.withColumn(
+        "sim_txt",
+        F.concat(F.array(F.lit(1.5).cast("float")), F.slice("sim_txt", 2, cfg.seq_len - 1)),
+    )
     with pytest.raises(FeatureCheckError, match=r"similarity score outside \[0, 1\]") as err:
         interest_features.publish(bad, cfg)
     assert "features_interest.json" in str(err.value)

@@ -1,6 +1,7 @@
 """The ranker's direct Redis reader (feature_repo/online_redis.py) against Feast's own read path,
 on a real redis-server: the same ValueProtos for present, absent and freshly written entities, and
 the same scores through the whole ranker."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,8 +26,14 @@ def built(tmp_path_factory):
     """(cfg, store, interactions): small tables materialised into a throw-away redis-server, then
     one item (NEW_ITEM) written to the online store only, as POST /items does."""
     with RedisServer() as server:
-        cfg = load_config(home=tmp_path_factory.mktemp("redis") / "mmi", online_store="redis",
-                          redis_url=server.url, seq_len=8, time_slices=4, sim_bins=5)
+        cfg = load_config(
+            home=tmp_path_factory.mktemp("redis") / "mmi",
+            online_store="redis",
+            redis_url=server.url,
+            seq_len=8,
+            time_slices=4,
+            sim_bins=5,
+        )
         interactions = synthetic.random_interactions(users=6, items=40, rows=300, start=T0, seed=2)
         synthetic.write_tables(cfg, interactions, DIMS, without_img=range(1, 41, 3))
         store = open_store(cfg)
@@ -42,8 +49,12 @@ def built(tmp_path_factory):
 
 def _refs(store, view: str) -> list[str]:
     service = store.get_feature_service("ctr_serving")
-    return [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features
-            if p.name == view]
+    return [
+        f"{p.name}:{f.name}"
+        for p in service.feature_view_projections
+        for f in p.features
+        if p.name == view
+    ]
 
 
 def test_fast_read_returns_what_get_online_features_returns(built):
@@ -52,11 +63,17 @@ def test_fast_read_returns_what_get_online_features_returns(built):
     assert reader is not None
     users = [int(interactions.user_id.iloc[0]), MISSING_USER]
     items = sorted(interactions.item_id.unique().tolist()) + [NEW_ITEM, MISSING_ITEM]
-    for view, key, ids in (("user_behaviour", "user_id", users), ("item_embeddings", "item_id", items)):
+    for view, key, ids in (
+        ("user_behaviour", "user_id", users),
+        ("item_embeddings", "item_id", items),
+    ):
         refs = _refs(store, view)
         proto = store.get_online_features(refs, entity_rows={key: ids}).proto
-        want = {n: list(r.values) for n, r in zip(proto.metadata.feature_names.val, proto.results)
-                if n != key}
+        want = {
+            n: list(r.values)
+            for n, r in zip(proto.metadata.feature_names.val, proto.results)
+            if n != key
+        }
         got = reader.read(refs, key, ids)
         assert got == want, view
         assert len(want) == len(refs) and all(len(v) == len(ids) for v in want.values())
@@ -74,12 +91,26 @@ def test_scores_through_the_fast_read_equal_the_feast_path(built):
     cfg, store, interactions = built
     items = np.arange(1, 41)
     vocab = Vocab(interactions.user_id.unique(), items, ["c1", "c2"], items, 1 + items % 2)
-    model = build_model("din", ModelConfig(
-        n_users=vocab.n_users, n_items=vocab.n_items, n_cats=vocab.n_cats, emb_dim=8,
-        T=cfg.seq_len, l=cfg.time_slices, n=cfg.sim_bins, mm_dim=DIMS["fused"]))
+    model = build_model(
+        "din",
+        ModelConfig(
+            n_users=vocab.n_users,
+            n_items=vocab.n_items,
+            n_cats=vocab.n_cats,
+            emb_dim=8,
+            T=cfg.seq_len,
+            l=cfg.time_slices,
+            n=cfg.sim_bins,
+            mm_dim=DIMS["fused"],
+        ),
+    )
     ranker = Ranker(model, vocab)
-    fast, feast = (OnlineFeatures(store, cfg.seq_len, cfg.time_slices, cfg.sim_bins,
-                                  item_cache_s=0, fast_read=on) for on in (True, False))
+    fast, feast = (
+        OnlineFeatures(
+            store, cfg.seq_len, cfg.time_slices, cfg.sim_bins, item_cache_s=0, fast_read=on
+        )
+        for on in (True, False)
+    )
     assert fast._redis is not None and feast._redis is None
     candidates = [*items.tolist(), NEW_ITEM, MISSING_ITEM]
     for user in (*interactions.user_id.unique()[:3].tolist(), MISSING_USER):

@@ -1,6 +1,7 @@
 """Out of memory (issue 16): a feature job whose Spark JVM runs out of heap on a small slice of
 the real interactions ends with ONE line naming the job, its stage and the setting to change,
 exit code OUT_OF_MEMORY_EXIT, no Python/Py4J traceback cascade, and nothing committed."""
+
 from __future__ import annotations
 
 import os
@@ -19,17 +20,29 @@ from tests.conftest import REAL_DATASET
 ROWS = 20_000
 # A tiny heap: 128 MB, while Spark is told it has 1 GB (spark.testing.memory; Spark refuses a real
 # heap under 450 MB) and sorts in 64 MB pages, so the behaviour job's first sort exhausts the heap.
-TINY = {"MMI_SPARK_DRIVER_MEMORY": "128m", "PYSPARK_SUBMIT_ARGS": "--conf spark.testing.memory=1073741824 "
-        "--conf spark.buffer.pageSize=64m pyspark-shell"}
+TINY = {
+    "MMI_SPARK_DRIVER_MEMORY": "128m",
+    "PYSPARK_SUBMIT_ARGS": "--conf spark.testing.memory=1073741824 "
+    "--conf spark.buffer.pageSize=64m pyspark-shell",
+}
 
 
 def _interactions(home: Path) -> None:
     r = pd.read_csv(REAL_DATASET / "ratings.csv", nrows=ROWS)
-    write_deltalake(str(home / "delta" / "interactions"), pa.table({
-        "user_id": pa.array(r.userId, pa.int64()), "item_id": pa.array(r.movieId, pa.int64()),
-        "event_ts": pa.array(pd.to_datetime(r.timestamp, unit="s", utc=True), pa.timestamp("us", tz="UTC")),
-        "rating": pa.array(r.rating, pa.float64()),
-        "label": pa.array((r.rating >= 4.0).astype("int32"), pa.int32())}))
+    write_deltalake(
+        str(home / "delta" / "interactions"),
+        pa.table(
+            {
+                "user_id": pa.array(r.userId, pa.int64()),
+                "item_id": pa.array(r.movieId, pa.int64()),
+                "event_ts": pa.array(
+                    pd.to_datetime(r.timestamp, unit="s", utc=True), pa.timestamp("us", tz="UTC")
+                ),
+                "rating": pa.array(r.rating, pa.float64()),
+                "label": pa.array((r.rating >= 4.0).astype("int32"), pa.int32()),
+            }
+        ),
+    )
 
 
 def test_out_of_memory_is_one_line_with_its_own_exit_code_and_commits_nothing(tmp_path):
@@ -38,16 +51,30 @@ def test_out_of_memory_is_one_line_with_its_own_exit_code_and_commits_nothing(tm
     env = {**os.environ, "MMI_HOME": str(home), **TINY}
     env.pop("MMI_SPARK_SHUFFLE_PARTITIONS", None)
     mmi = str(Path(sys.executable).with_name("mmi"))
-    done = subprocess.run([mmi, "build", "behaviour"], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    done = subprocess.run(
+        [mmi, "build", "behaviour"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == OUT_OF_MEMORY_EXIT, done.stderr[-3000:]
     assert len(errors) == 1, errors
     assert "behaviour: out of memory at stage [1/3]" in errors[0], errors[0]
-    assert "spark_driver_memory=128m" in errors[0] and "MMI_SPARK_DRIVER_MEMORY (e.g. 256m)" in errors[0]
-    jvm_log = re.compile(r"^(\t|\d\d/\d\d/\d\d |java\.|Caused by|\s+\.\.\.)")  # Spark's own log lines
+    assert (
+        "spark_driver_memory=128m" in errors[0]
+        and "MMI_SPARK_DRIVER_MEMORY (e.g. 256m)" in errors[0]
+    )
+    jvm_log = re.compile(
+        r"^(\t|\d\d/\d\d/\d\d |java\.|Caused by|\s+\.\.\.)"
+    )  # Spark's own log lines
     python_side = [line for line in done.stderr.splitlines() if not jvm_log.match(line)]
-    assert not [line for line in python_side if "Traceback" in line or "Py4J" in line
-                or "Connection refused" in line], python_side
+    assert not [
+        line
+        for line in python_side
+        if "Traceback" in line or "Py4J" in line or "Connection refused" in line
+    ], python_side
     assert not (home / "delta" / "user_behaviour").exists()  # nothing committed
     assert not list((home / "delta").glob("_staging/*"))

@@ -1,6 +1,7 @@
 """Online/offline parity through Feast's SQLite and Redis online stores, and `mmi features ...`,
 against the tables of the real Spark jobs (behaviour, interest_features) on a small synthetic input;
 and feature_repo/synthetic.py, the pandas stand-in other tests use, equal to those jobs' output."""
+
 import shutil
 
 import numpy as np
@@ -19,8 +20,10 @@ from spark_jobs import behaviour, delta_io, interest_features
 T0 = pd.Timestamp("2021-03-01", tz="UTC")
 DIMS = {"img": 12, "txt": 10, "fused": 8}
 SMALL = {"seq_len": 16, "time_slices": 4, "sim_bins": 8}
-KEYS = {"user_behaviour": ["user_id", "event_ts"],
-        "interest_features": ["user_id", "item_id", "event_ts"]}
+KEYS = {
+    "user_behaviour": ["user_id", "event_ts"],
+    "interest_features": ["user_id", "item_id", "event_ts"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +33,33 @@ def homes(spark, tmp_path_factory):
     without their Great Expectations gates (tested with the jobs), which would triple the time."""
     root = tmp_path_factory.mktemp("parity")
     made = load_config(home=root / "synthetic", **SMALL)
-    jobs = load_config(home=root / "spark", spark_master="local[2]", spark_shuffle_partitions=4,
-                       **SMALL)
+    jobs = load_config(
+        home=root / "spark", spark_master="local[2]", spark_shuffle_partitions=4, **SMALL
+    )
     interactions = synthetic.random_interactions(users=8, items=60, rows=400, start=T0, seed=5)
     tie = interactions.iloc[0]
-    interactions = pd.concat([interactions, pd.DataFrame(
-        {"user_id": [tie.user_id] * 2, "item_id": [61, 62], "event_ts": [tie.event_ts] * 2,
-         "label": [1, 1]})], ignore_index=True).astype({"label": np.int32})
+    interactions = pd.concat(
+        [
+            interactions,
+            pd.DataFrame(
+                {
+                    "user_id": [tie.user_id] * 2,
+                    "item_id": [61, 62],
+                    "event_ts": [tie.event_ts] * 2,
+                    "label": [1, 1],
+                }
+            ),
+        ],
+        ignore_index=True,
+    ).astype({"label": np.int32})
     synthetic.write_tables(made, interactions, DIMS, without_img=range(1, 63, 4))
-    write_deltalake(jobs.table("interactions"), schemas.table("interactions", {
-        c: interactions[c] for c in ("user_id", "item_id", "event_ts", "label")}))
+    write_deltalake(
+        jobs.table("interactions"),
+        schemas.table(
+            "interactions",
+            {c: interactions[c] for c in ("user_id", "item_id", "event_ts", "label")},
+        ),
+    )
     shutil.copytree(made.table("item_embeddings"), jobs.table("item_embeddings"))
     rows = delta_io.read(spark, jobs.table("interactions"))
     delta_io.write(behaviour.states(rows, jobs.seq_len), jobs.table("user_behaviour"))
@@ -96,18 +116,25 @@ def test_online_features_match_the_offline_recomputation(homes, tmp_path, reques
 
 
 @pytest.mark.parametrize("online_store", ["sqlite", "redis"])
-def test_parity_catches_a_stale_online_store_until_rematerialised(homes, tmp_path, request,
-                                                                   online_store):
+def test_parity_catches_a_stale_online_store_until_rematerialised(
+    homes, tmp_path, request, online_store
+):
     url = request.getfixturevalue("redis_url") if online_store == "redis" else "127.0.0.1:6379"
     cfg, store = _build(homes, tmp_path, online_store=online_store, redis_url=url)
     path = cfg.table("item_embeddings")
     table = DeltaTable(path)
     moved = table.to_pyarrow_table()
     txt = moved["txt"].to_pylist()
-    moved = moved.set_column(moved.schema.get_field_index("txt"), "txt",
-                             pa.array(txt[1:] + txt[:1], pa.list_(pa.float32())))
-    (table.merge(moved, "t.item_id = s.item_id", source_alias="s", target_alias="t")
-     .when_matched_update_all().execute())  # re-embedded: same valid_from_ts, new vectors
+    moved = moved.set_column(
+        moved.schema.get_field_index("txt"),
+        "txt",
+        pa.array(txt[1:] + txt[:1], pa.list_(pa.float32())),
+    )
+    (
+        table.merge(moved, "t.item_id = s.item_id", source_alias="s", target_alias="t")
+        .when_matched_update_all()
+        .execute()
+    )  # re-embedded: same valid_from_ts, new vectors
     assert parity.check(cfg, sample=100, store=store).max_abs_diff > 1e-3
     repo.materialize(store)  # incremental: the corrected rows are not newer than the last run
     assert parity.check(cfg, sample=100, store=store).max_abs_diff > 1e-3

@@ -1,5 +1,6 @@
 """Partitions are sized from the data (issue 16): at the same configuration, ten times the rows
 give more tasks; `spark_shuffle_partitions` > 0 fixes their number."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -19,9 +20,11 @@ ROWS = 5_000  # the first rows of the real ratings; the 10x slice is them with u
 def sized(spark, partitions: int, advisory: int = 64 << 10):
     """The session's partition settings of a config with `spark_shuffle_partitions=partitions`,
     at a small advisory size (a small slice stands for a large table), restored afterwards."""
-    conf = {**partition_conf(load_config(spark_shuffle_partitions=partitions)),
-            "spark.sql.adaptive.advisoryPartitionSizeInBytes": str(advisory),
-            "spark.sql.adaptive.coalescePartitions.minPartitionSize": str(advisory // 4)}
+    conf = {
+        **partition_conf(load_config(spark_shuffle_partitions=partitions)),
+        "spark.sql.adaptive.advisoryPartitionSizeInBytes": str(advisory),
+        "spark.sql.adaptive.coalescePartitions.minPartitionSize": str(advisory // 4),
+    }
     before = {k: spark.conf.get(k, None) for k in conf}
     for k, v in conf.items():
         spark.conf.set(k, v)
@@ -34,10 +37,17 @@ def sized(spark, partitions: int, advisory: int = 64 << 10):
 
 def _interactions(spark, copies: int):
     ratings = pd.read_csv(REAL_DATASET / "ratings.csv", nrows=ROWS)
-    frame = pd.concat([ratings.assign(userId=ratings.userId + k * 1_000_000) for k in range(copies)])
-    pdf = pd.DataFrame({"user_id": frame.userId, "item_id": frame.movieId,
-                        "event_ts": pd.to_datetime(frame.timestamp, unit="s", utc=True),
-                        "label": (frame.rating >= 4.0).astype("int32")})
+    frame = pd.concat(
+        [ratings.assign(userId=ratings.userId + k * 1_000_000) for k in range(copies)]
+    )
+    pdf = pd.DataFrame(
+        {
+            "user_id": frame.userId,
+            "item_id": frame.movieId,
+            "event_ts": pd.to_datetime(frame.timestamp, unit="s", utc=True),
+            "label": (frame.rating >= 4.0).astype("int32"),
+        }
+    )
     return spark.createDataFrame(pdf, "user_id long, item_id long, event_ts timestamp, label int")
 
 
@@ -49,7 +59,10 @@ def _tasks(frame) -> int:
 def test_ten_times_the_rows_give_more_tasks_at_the_same_configuration(spark):
     small, large = _interactions(spark, 1), _interactions(spark, 10)
     with sized(spark, 0):
-        tasks_1x, tasks_10x = _tasks(behaviour.states(small, 64)), _tasks(behaviour.states(large, 64))
+        tasks_1x, tasks_10x = (
+            _tasks(behaviour.states(small, 64)),
+            _tasks(behaviour.states(large, 64)),
+        )
     assert tasks_10x >= 4 * tasks_1x, (tasks_1x, tasks_10x)
     with sized(spark, 3):  # the override: that many, whatever the size
         assert _tasks(behaviour.states(large, 64)) == 3

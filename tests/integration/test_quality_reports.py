@@ -3,6 +3,7 @@ Docs site of the reports folder (index.html linking one HTML page per validation
 and processes), and a job's summary line names that index; after materialisation each online
 view's freshness (newest row against the window's end) is reported and fails past the configured lag.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,12 @@ from spark_jobs.feature_checks import FeatureCheckError, publish_gate
 from spark_jobs.job import JobSummary
 from spark_jobs.validation import Check, docs_index, run_suite
 
-CHECKS = [Check(gxe.ExpectColumnValuesToNotBeNull(column="x"), "missing x"),
-          Check(gxe.ExpectColumnValuesToBeBetween(column="x", min_value=0, max_value=10), "x out of [0, 10]")]
+CHECKS = [
+    Check(gxe.ExpectColumnValuesToNotBeNull(column="x"), "missing x"),
+    Check(
+        gxe.ExpectColumnValuesToBeBetween(column="x", min_value=0, max_value=10), "x out of [0, 10]"
+    ),
+]
 
 
 def _links(index) -> set[str]:
@@ -38,7 +43,9 @@ def _text(page) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body)))
 
 
-def test_every_gate_adds_a_data_docs_page_linked_from_the_index_and_the_summary_line(spark, tmp_path, capsys):
+def test_every_gate_adds_a_data_docs_page_linked_from_the_index_and_the_summary_line(
+    spark, tmp_path, capsys
+):
     reports = tmp_path / "reports"
     good = spark.createDataFrame([(1, 1.0), (2, 5.0)], "id long, x double")
     bad = spark.createDataFrame([(1, 1.0), (2, 50.0), (3, None)], "id long, x double")
@@ -62,14 +69,19 @@ def test_every_gate_adds_a_data_docs_page_linked_from_the_index_and_the_summary_
     # a second run of the first suite (another process would do the same) keeps both runs listed
     again = run_suite(good, "quality_good", CHECKS, "id", reports / "validation")
     assert again.docs_page != passed.docs_page
-    pages = {str(p.relative_to(reports / "data_docs"))
-             for p in (passed.docs_page, again.docs_page, failed_page)}
+    pages = {
+        str(p.relative_to(reports / "data_docs"))
+        for p in (passed.docs_page, again.docs_page, failed_page)
+    }
     assert pages <= _links(index), (pages, _links(index))
     assert json.loads((reports / "validation" / "quality_good.json").read_text())["success"] is True
 
     # the job's summary line (as `mmi build ...` prints it) links the index
     assert job_commands._gated(lambda: JobSummary("quality", 2, 2, 0.1)) == 0
-    assert capsys.readouterr().out.strip() == f"quality: rows in 2, rows out 2, 0.1 s | data docs {index}"
+    assert (
+        capsys.readouterr().out.strip()
+        == f"quality: rows in 2, rows out 2, 0.1 s | data docs {index}"
+    )
 
 
 @pytest.fixture
@@ -78,11 +90,18 @@ def feature_home(tmp_path, monkeypatch):
     monkeypatch.setenv("MMI_HOME", str(tmp_path / "mmi"))
     get_config.cache_clear()
     cfg = get_config()
-    events = synthetic.random_interactions(users=4, items=12, rows=80, days=10, seed=2,
-                                           start=pd.Timestamp("2020-01-01", tz="UTC"))
-    newest = pd.Timestamp(events.loc[events["label"] == 1, "event_ts"].max()).tz_convert("UTC")  # of a state
-    items = pd.DataFrame({"item_id": sorted(events["item_id"].unique()),
-                          "valid_from_ts": newest - pd.Timedelta(hours=1)})  # embedded an hour before
+    events = synthetic.random_interactions(
+        users=4, items=12, rows=80, days=10, seed=2, start=pd.Timestamp("2020-01-01", tz="UTC")
+    )
+    newest = pd.Timestamp(events.loc[events["label"] == 1, "event_ts"].max()).tz_convert(
+        "UTC"
+    )  # of a state
+    items = pd.DataFrame(
+        {
+            "item_id": sorted(events["item_id"].unique()),
+            "valid_from_ts": newest - pd.Timedelta(hours=1),
+        }
+    )  # embedded an hour before
     synthetic.write_tables(cfg, events, {"img": 4, "txt": 3, "fused": 2}, items=items)
     repo.apply(open_store(cfg))
     yield cfg, newest.to_pydatetime()
@@ -105,15 +124,22 @@ def test_freshness_is_reported_per_view_and_fails_past_the_lag(feature_home, mon
     assert [v["view"] for v in report["views"]] == ["item_embeddings", "user_behaviour"]
     assert report["stale"] == []
     lags = {v["view"]: v["lag_hours"] for v in report["views"]}
-    assert lags["item_embeddings"] == pytest.approx(4.0) and lags["user_behaviour"] == pytest.approx(3.0)
+    assert lags["item_embeddings"] == pytest.approx(4.0) and lags[
+        "user_behaviour"
+    ] == pytest.approx(3.0)
 
     # a day later with no new rows: behaviour is 27 h old, past a 24 h limit -> exit 2, named
     code = _materialize(monkeypatch, newest + timedelta(hours=27), max_lag_hours=24)
     captured = capsys.readouterr()
     assert code == 2
-    assert "error: stale online features: " in captured.err and "user_behaviour newest" in captured.err
-    assert "STALE: " in captured.out and "user_behaviour" in json.loads(
-        (cfg.reports_dir / "freshness.json").read_text())["stale"]
+    assert (
+        "error: stale online features: " in captured.err and "user_behaviour newest" in captured.err
+    )
+    assert (
+        "STALE: " in captured.out
+        and "user_behaviour"
+        in json.loads((cfg.reports_dir / "freshness.json").read_text())["stale"]
+    )
     # no limit configured: reported, never fails
     assert _materialize(monkeypatch, newest + timedelta(days=400), max_lag_hours=0) == 0
     assert "no lag limit: ok" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The online ranker against the real app: Feast online store (SQLite and a real redis-server), a tiny
 CTR model trained and saved here, synthetic feature tables. Parity: /rank scores equal the model's
 scores on features recomputed offline from the Delta tables."""
+
 import base64
 import io
 import os
@@ -33,42 +34,77 @@ from training.vocab import Vocab
 
 T0 = pd.Timestamp("2021-03-01", tz="UTC")
 DIMS = dict.fromkeys(("img", "txt", "fused"), EncoderConfig().dim)  # as POST /items embeds
-SMALL = {"seq_len": 16, "time_slices": 4, "sim_bins": 8, "serve_max_items": 50,
-         "serve_token": "s3cret"}
+SMALL = {
+    "seq_len": 16,
+    "time_slices": 4,
+    "sim_bins": 8,
+    "serve_max_items": 50,
+    "serve_token": "s3cret",
+}
 ITEMS, IN_VOCAB = 60, 50  # items 51..60 are embedded but unknown to the model
 COLD_USER, NEW_USER, MISSING_ITEM = 9, 12_345, 99_999
 
 
 def _interactions() -> pd.DataFrame:
     rows = synthetic.random_interactions(users=8, items=ITEMS, rows=400, start=T0, seed=5)
-    cold = pd.DataFrame({"user_id": [COLD_USER] * 3, "item_id": [1, 2, 3],
-                         "event_ts": [T0] * 3, "label": np.zeros(3, np.int32)})
+    cold = pd.DataFrame(
+        {
+            "user_id": [COLD_USER] * 3,
+            "item_id": [1, 2, 3],
+            "event_ts": [T0] * 3,
+            "label": np.zeros(3, np.int32),
+        }
+    )
     return pd.concat([rows, cold], ignore_index=True)  # COLD_USER: known, no positive yet
 
 
 def _trained(name: str, directory):
     """Model `name` trained a few steps on random features, saved with its vocab in `directory`."""
     rows = _interactions()
-    catalogue = pd.DataFrame({"item_id": np.arange(1, ITEMS + 1),
-                              "category": [f"genre{i % 4}|x" for i in range(1, ITEMS + 1)]})
+    catalogue = pd.DataFrame(
+        {
+            "item_id": np.arange(1, ITEMS + 1),
+            "category": [f"genre{i % 4}|x" for i in range(1, ITEMS + 1)],
+        }
+    )
     vocab = Vocab.from_frames(rows[rows.item_id <= IN_VOCAB], catalogue)
-    cfg = ModelConfig(n_users=vocab.n_users, n_items=vocab.n_items, n_cats=vocab.n_cats, emb_dim=8,
-                      T=SMALL["seq_len"], l=SMALL["time_slices"], n=SMALL["sim_bins"],
-                      mm_dim=DIMS["fused"], mlp_dims=(16,), att_dims=(8,), window=4)
+    cfg = ModelConfig(
+        n_users=vocab.n_users,
+        n_items=vocab.n_items,
+        n_cats=vocab.n_cats,
+        emb_dim=8,
+        T=SMALL["seq_len"],
+        l=SMALL["time_slices"],
+        n=SMALL["sim_bins"],
+        mm_dim=DIMS["fused"],
+        mlp_dims=(16,),
+        att_dims=(8,),
+        window=4,
+    )
     model = build_model(name, cfg)
     rng = np.random.default_rng(0)
     B, T, L, N, D = 32, cfg.T, cfg.l, cfg.n, cfg.mm_dim
     optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(5):
         mask = np.arange(T) < rng.integers(0, T + 1, (B, 1))
-        batch = make_batch({
-            "user_id": rng.integers(1, 10, B), "item_id": rng.integers(1, ITEMS + 1, B),
-            "hist_item_ids": rng.integers(1, ITEMS + 1, (B, T)) * mask, "hist_mask": mask,
-            "sim_img": rng.random((B, T)) * mask, "sim_txt": rng.random((B, T)) * mask,
-            "sim_mask_img": mask, "sim_mask_txt": mask,
-            "dist_img": rng.random((B, L, N)) / T, "dist_txt": rng.random((B, L, N)) / T,
-            "target_mm": rng.standard_normal((B, D)), "hist_mm": rng.standard_normal((B, T, D)),
-            "label": rng.integers(0, 2, B)}, vocab)
+        batch = make_batch(
+            {
+                "user_id": rng.integers(1, 10, B),
+                "item_id": rng.integers(1, ITEMS + 1, B),
+                "hist_item_ids": rng.integers(1, ITEMS + 1, (B, T)) * mask,
+                "hist_mask": mask,
+                "sim_img": rng.random((B, T)) * mask,
+                "sim_txt": rng.random((B, T)) * mask,
+                "sim_mask_img": mask,
+                "sim_mask_txt": mask,
+                "dist_img": rng.random((B, L, N)) / T,
+                "dist_txt": rng.random((B, L, N)) / T,
+                "target_mm": rng.standard_normal((B, D)),
+                "hist_mm": rng.standard_normal((B, T, D)),
+                "label": rng.integers(0, 2, B),
+            },
+            vocab,
+        )
         out = model(batch)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"])
         optimiser.zero_grad()
@@ -99,8 +135,13 @@ def redis_server():
 
 def _home(tmp_path, model_dir, online_store, redis_url="127.0.0.1:6379"):
     """A config over freshly built, applied and materialised feature tables."""
-    cfg = load_config(home=tmp_path / "mmi", online_store=online_store, redis_url=redis_url,
-                      model_dir=model_dir, **SMALL)
+    cfg = load_config(
+        home=tmp_path / "mmi",
+        online_store=online_store,
+        redis_url=redis_url,
+        model_dir=model_dir,
+        **SMALL,
+    )
     synthetic.write_tables(cfg, _interactions(), DIMS, without_img=range(1, ITEMS + 1, 4))
     store = open_store(cfg)
     repo.apply(store)
@@ -124,17 +165,36 @@ def _offline_scores(cfg, user_id, item_ids) -> np.ndarray:
     mine = states[states.user_id == user_id].sort_values("event_ts")
     hist = list(mine.hist_item_ids.iloc[-1]) if len(mine) else []
     emb = DeltaTable(cfg.table("item_embeddings")).to_pyarrow_table()
-    vectors = ItemVectors.from_rows(emb["item_id"].to_numpy(), {
-        f: emb[f].to_numpy(zero_copy_only=False) for f in DIMS}, attrs={"category": emb["category"].to_pylist()})
-    f = candidate_features(user_id, hist, item_ids, vectors, cfg.seq_len, cfg.time_slices,
-                           cfg.sim_bins)
+    vectors = ItemVectors.from_rows(
+        emb["item_id"].to_numpy(),
+        {f: emb[f].to_numpy(zero_copy_only=False) for f in DIMS},
+        attrs={"category": emb["category"].to_pylist()},
+    )
+    f = candidate_features(
+        user_id, hist, item_ids, vectors, cfg.seq_len, cfg.time_slices, cfg.sim_bins
+    )
     B = len(item_ids)
-    cols = {"user_id": np.full(B, user_id), "item_id": f.item_ids,
-            "hist_item_ids": np.tile(f.hist_item_ids, (B, 1)), "hist_mask": np.tile(f.hist_mask, (B, 1)),
-            "hist_mm": np.tile(f.hist_mm, (B, 1, 1)), "category": f.category,
-            "hist_category": np.tile(f.hist_category, (B, 1)),
-            **{k: getattr(f, k) for k in ("sim_img", "sim_txt", "sim_mask_img", "sim_mask_txt",
-                                          "dist_img", "dist_txt", "target_mm")}}
+    cols = {
+        "user_id": np.full(B, user_id),
+        "item_id": f.item_ids,
+        "hist_item_ids": np.tile(f.hist_item_ids, (B, 1)),
+        "hist_mask": np.tile(f.hist_mask, (B, 1)),
+        "hist_mm": np.tile(f.hist_mm, (B, 1, 1)),
+        "category": f.category,
+        "hist_category": np.tile(f.hist_category, (B, 1)),
+        **{
+            k: getattr(f, k)
+            for k in (
+                "sim_img",
+                "sim_txt",
+                "sim_mask_img",
+                "sim_mask_txt",
+                "dist_img",
+                "dist_txt",
+                "target_mm",
+            )
+        },
+    }
     ranker = Ranker.load(cfg.model_dir)
     with torch.no_grad():
         return torch.sigmoid(ranker.model(make_batch(cols, ranker.vocab))["logit"]).numpy()
@@ -145,8 +205,9 @@ def test_rank_scores_match_the_offline_model_and_are_sorted(served):
     users = DeltaTable(cfg.table("user_behaviour")).to_pandas().user_id.unique()
     candidates = list(range(1, 41))
     for user in map(int, users[:3]):
-        got = client.post("/rank", json={"user_id": user, "item_ids": candidates,
-                                         "context": {"page": "home"}})
+        got = client.post(
+            "/rank", json={"user_id": user, "item_ids": candidates, "context": {"page": "home"}}
+        )
         assert got.status_code == 200, got.text
         body = got.json()
         assert body["user_status"] == "ok" and body["hist_len"] > 0
@@ -170,16 +231,19 @@ def test_cold_start_users_and_items_get_scores_with_a_status(served):
         assert all(abs(i["score"] - want[i["item_id"]]) <= 1e-5 for i in body["items"])
 
 
-@pytest.mark.parametrize("body, status, reason", [
-    (b'{"user_id": 1, "item_ids": [1,', 400, "malformed JSON"),
-    (b'{"user_id": "1", "item_ids": [1]}', 422, "user_id"),
-    (b'{"user_id": 1, "item_ids": [1.5]}', 422, "item_ids.0"),
-    (b'{"user_id": 1, "item_ids": []}', 422, "item_ids"),
-    (b'{"user_id": 1, "item_ids": [1], "typo": 1}', 422, "typo"),
-    (b'{"user_id": 1, "item_ids": [-1]}', 422, "item_ids.0"),
-    (b'{"user_id": 1, "item_ids": [' + b"1," * 60 + b'1]}', 413, "too many candidates"),
-    (b'{"user_id": 1, "item_ids": [' + b"1, " * 1500 + b'1]}', 413, "request body over 4096"),
-])
+@pytest.mark.parametrize(
+    "body, status, reason",
+    [
+        (b'{"user_id": 1, "item_ids": [1,', 400, "malformed JSON"),
+        (b'{"user_id": "1", "item_ids": [1]}', 422, "user_id"),
+        (b'{"user_id": 1, "item_ids": [1.5]}', 422, "item_ids.0"),
+        (b'{"user_id": 1, "item_ids": []}', 422, "item_ids"),
+        (b'{"user_id": 1, "item_ids": [1], "typo": 1}', 422, "typo"),
+        (b'{"user_id": 1, "item_ids": [-1]}', 422, "item_ids.0"),
+        (b'{"user_id": 1, "item_ids": [' + b"1," * 60 + b"1]}", 413, "too many candidates"),
+        (b'{"user_id": 1, "item_ids": [' + b"1, " * 1500 + b"1]}", 413, "request body over 4096"),
+    ],
+)
 def test_bad_input_gets_a_4xx_with_a_reason(served, body, status, reason):
     _, client = served
     got = client.post("/rank", content=body, headers={"content-type": "application/json"})
@@ -191,7 +255,10 @@ def test_items_needs_the_token_and_rejects_bad_input(served):
     _, client = served
     item = {"item_id": 70, "text": "a film", "category": "Drama"}
     assert client.post("/items", json=item).status_code == 401
-    assert client.post("/items", json=item, headers={"authorization": "Bearer nope"}).status_code == 401
+    assert (
+        client.post("/items", json=item, headers={"authorization": "Bearer nope"}).status_code
+        == 401
+    )
     auth = {"authorization": "Bearer s3cret"}
     bad = client.post("/items", json={**item, "image": "%%%"}, headers=auth)
     assert bad.status_code == 422 and "base64" in bad.json()["detail"]
@@ -210,12 +277,18 @@ def test_new_items_are_embedded_and_ranked_at_once(served):
     auth = {"authorization": "Bearer s3cret"}
     png = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 30, 30)).save(png, format="PNG")
-    bad = client.post("/items", headers=auth, json={"item_id": 71, "text": "t",
-                                                     "image": base64.b64encode(b"no image").decode()})
+    bad = client.post(
+        "/items",
+        headers=auth,
+        json={"item_id": 71, "text": "t", "image": base64.b64encode(b"no image").decode()},
+    )
     assert bad.status_code == 422 and "undecodable image" in bad.json()["detail"]
-    added = client.post("/items", headers=auth, data={"item_id": "70", "text": "A new film",
-                                                      "category": "Drama"},
-                        files={"image": ("poster.png", png.getvalue(), "image/png")})
+    added = client.post(
+        "/items",
+        headers=auth,
+        data={"item_id": "70", "text": "A new film", "category": "Drama"},
+        files={"image": ("poster.png", png.getvalue(), "image/png")},
+    )
     assert added.status_code == 200, added.text
     assert [(a["item_id"], a["has_img"]) for a in added.json()["added"]] == [(70, True)]
     body = client.post("/rank", json={"user_id": 1, "item_ids": [70, 3]}).json()
@@ -233,11 +306,18 @@ def test_new_items_are_scored_by_their_category_and_content(served, din_dir):
     png = io.BytesIO()
     Image.new("RGB", (40, 30), (20, 90, 200)).save(png, format="PNG")
     text = "A heist in the rain"
-    new = [{"item_id": 80, "text": text, "category": "genre1"},
-           {"item_id": 81, "text": text, "category": "genre2|x"},  # normalised to genre2
-           {"item_id": 82, "text": "A comedy about a talking dog", "category": "genre1"},
-           {"item_id": 83, "text": text, "category": "genre1", "image": base64.b64encode(png.getvalue()).decode()},
-           {"item_id": 84, "text": text, "category": "Westerns"}]  # a category the model never saw
+    new = [
+        {"item_id": 80, "text": text, "category": "genre1"},
+        {"item_id": 81, "text": text, "category": "genre2|x"},  # normalised to genre2
+        {"item_id": 82, "text": "A comedy about a talking dog", "category": "genre1"},
+        {
+            "item_id": 83,
+            "text": text,
+            "category": "genre1",
+            "image": base64.b64encode(png.getvalue()).decode(),
+        },
+        {"item_id": 84, "text": text, "category": "Westerns"},
+    ]  # a category the model never saw
     added = client.post("/items", headers={"authorization": "Bearer s3cret"}, json={"items": new})
     assert added.status_code == 200, added.text
     request = {"user_id": 1, "item_ids": [80, 81, 82, 83, 84, 3]}
@@ -253,13 +333,21 @@ def test_new_items_are_scored_by_their_category_and_content(served, din_dir):
     assert din[80]["score"] == din[82]["score"] == din[83]["score"]  # DIN reads no content
     assert din[80]["used"] == {"id": False, "category": "genre1", "vectors": []}
     assert din[81]["used"]["category"] == "genre2" and din[84]["used"]["category"] is None
-    assert din[3]["used"] == {"id": True, "category": "genre3", "vectors": []}  # synthetic: none online
+    assert din[3]["used"] == {
+        "id": True,
+        "category": "genre3",
+        "vectors": [],
+    }  # synthetic: none online
 
     content = ranked(client)
     assert content[80]["score"] != content[82]["score"]  # other text
     assert content[80]["score"] != content[83]["score"]  # same text, with an image
     assert content[80]["used"] == {"id": False, "category": "genre1", "vectors": ["txt", "fused"]}
-    assert content[83]["used"] == {"id": False, "category": "genre1", "vectors": ["img", "txt", "fused"]}
+    assert content[83]["used"] == {
+        "id": False,
+        "category": "genre1",
+        "vectors": ["img", "txt", "fused"],
+    }
     assert all(content[i]["status"] == "unknown_item" for i in range(80, 85))
     want = dict(zip(request["item_ids"], _offline_scores(cfg, 1, request["item_ids"])))
     assert all(abs(content[i]["score"] - want[i]) <= 1e-5 for i in want)
@@ -278,15 +366,23 @@ def test_cached_item_vectors_are_replaced_when_an_item_is_rewritten(served):
     for name in ("txt", "fused"):
         v = rng.standard_normal(len(emb[name].iloc[0])).astype(np.float32)
         emb[name] = [v / np.linalg.norm(v)]
-    tables.merge_arrow(pa.Table.from_pandas(emb, preserve_index=False).cast(tables.schema(cfg.table("item_embeddings"))),
-                       cfg.table("item_embeddings"), ["item_id"])
+    tables.merge_arrow(
+        pa.Table.from_pandas(emb, preserve_index=False).cast(
+            tables.schema(cfg.table("item_embeddings"))
+        ),
+        cfg.table("item_embeddings"),
+        ["item_id"],
+    )
     repo.materialize(open_store(cfg), full=True)  # what a re-embedding run is followed by
     after = {i["item_id"]: i["score"] for i in client.post("/rank", json=request).json()["items"]}
     assert after[4] != before[4]
     assert abs(after[4] - _offline_scores(cfg, 1, [4, 5])[0]) <= 1e-5
 
-    rewritten = client.post("/items", headers={"authorization": "Bearer s3cret"},
-                            json={"item_id": 5, "text": "A different film altogether", "category": "Horror"})
+    rewritten = client.post(
+        "/items",
+        headers={"authorization": "Bearer s3cret"},
+        json={"item_id": 5, "text": "A different film altogether", "category": "Horror"},
+    )
     assert rewritten.status_code == 200, rewritten.text
     latest = {i["item_id"]: i["score"] for i in client.post("/rank", json=request).json()["items"]}
     assert latest[5] != after[5]
@@ -336,10 +432,18 @@ def test_redis_outage_gives_503_and_the_service_recovers(tmp_path, model_dir):
 def test_mmi_serve_answers_on_loopback(tmp_path, model_dir):
     cfg, _ = _home(tmp_path, model_dir, "sqlite")
     port = free_port()
-    env = {**os.environ, "MMI_HOME": str(cfg.home), "MMI_MODEL_DIR": str(model_dir),
-           **{f"MMI_{k.upper()}": str(v) for k, v in SMALL.items()}}
-    proc = subprocess.Popen([sys.executable, "-m", "mminterest.cli", "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "MMI_HOME": str(cfg.home),
+        "MMI_MODEL_DIR": str(model_dir),
+        **{f"MMI_{k.upper()}": str(v) for k, v in SMALL.items()},
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mminterest.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:

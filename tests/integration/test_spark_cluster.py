@@ -5,6 +5,7 @@ cluster stops by its own pids with nothing left running.
 Each job runs in its own interpreter (`python -m <module>`): a Spark session is cached per process,
 so the cluster run and the local run cannot share one.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -31,10 +32,17 @@ class Job:
 
 # Run in this order on both masters; adding a job is one line.
 JOBS = [
-    Job("spark_jobs.ingest", {"interactions": ["user_id", "item_id", "event_ts"],
-                              "items": ["item_id"], "quarantine": ["source", "record_hash"]}),
-    Job("spark_jobs.embed_items", {"item_embeddings": ["item_id"]},
-        ignore=("updated_ts",)),  # wall-clock time of the run
+    Job(
+        "spark_jobs.ingest",
+        {
+            "interactions": ["user_id", "item_id", "event_ts"],
+            "items": ["item_id"],
+            "quarantine": ["source", "record_hash"],
+        },
+    ),
+    Job(
+        "spark_jobs.embed_items", {"item_embeddings": ["item_id"]}, ignore=("updated_ts",)
+    ),  # wall-clock time of the run
     Job("spark_jobs.behaviour", {"user_behaviour": ["user_id", "event_ts"]}),
     Job("spark_jobs.interest_features", {"interest_features": ["user_id", "item_id", "event_ts"]}),
 ]
@@ -52,8 +60,12 @@ def dataset(tmp_path_factory):
     (root / "ratings.csv").write_text("\n".join(ratings + BAD_RATINGS) + "\n")
     ids = {line.split(",")[1] for line in ratings[1:]}
     movies = (REAL_DATASET / "movies.csv").read_bytes().splitlines()
-    (root / "movies.csv").write_bytes(b"\n".join(  # the rated movies (the rest are never seen)
-        movies[:1] + [m for m in movies[1:] if m.split(b",", 1)[0].decode() in ids]) + b"\n")
+    (root / "movies.csv").write_bytes(
+        b"\n".join(  # the rated movies (the rest are never seen)
+            movies[:1] + [m for m in movies[1:] if m.split(b",", 1)[0].decode() in ids]
+        )
+        + b"\n"
+    )
     index = (REAL_DATASET / "posters_index.csv").read_text().splitlines()
     index = index[:1] + [line for line in index[1:] if line.split(",", 1)[0] in ids][:N_POSTERS]
     for line in index[1:]:
@@ -73,14 +85,20 @@ def runs(dataset, tmp_path_factory):
     env = {**ENV, "MMI_DATASET_DIR": str(dataset)}
 
     def run_all(master: str, home) -> list:
-        return [run_job(job.module, master=master, home=home, env=env, args=job.args) for job in JOBS]
+        return [
+            run_job(job.module, master=master, home=home, env=env, args=job.args) for job in JOBS
+        ]
 
     with ThreadPoolExecutor(1) as pool:
         local = pool.submit(run_all, "local[2]", homes["local_home"])
-        with SparkCluster(workers=2, cores=1, memory="1g",
-                          log_dir=tmp_path_factory.mktemp("spark_cluster")) as cluster:
-            out = {"cluster": run_all(cluster.master_url, homes["cluster_home"]),
-                   "status": cluster.status(), "procs": list(cluster.procs)}
+        with SparkCluster(
+            workers=2, cores=1, memory="1g", log_dir=tmp_path_factory.mktemp("spark_cluster")
+        ) as cluster:
+            out = {
+                "cluster": run_all(cluster.master_url, homes["cluster_home"]),
+                "status": cluster.status(),
+                "procs": list(cluster.procs),
+            }
             out["stopped"] = cluster.stop()
         out["local"] = local.result()
     return {**out, **homes}
@@ -120,10 +138,15 @@ def _assert_same(got: pd.DataFrame, want: pd.DataFrame) -> None:
                 assert a.tolist() == b.tolist(), (col, i)
 
 
-@pytest.mark.parametrize("job,table", [(j, t) for j in JOBS for t in j.tables],
-                         ids=lambda v: v if isinstance(v, str) else v.module.split(".")[-1])
+@pytest.mark.parametrize(
+    "job,table",
+    [(j, t) for j in JOBS for t in j.tables],
+    ids=lambda v: v if isinstance(v, str) else v.module.split(".")[-1],
+)
 def test_cluster_tables_equal_local(runs, job, table):
-    got, want = (_table(str(runs[home] / "delta" / table), job.tables[table], job.ignore)
-                 for home in ("cluster_home", "local_home"))
+    got, want = (
+        _table(str(runs[home] / "delta" / table), job.tables[table], job.ignore)
+        for home in ("cluster_home", "local_home")
+    )
     assert len(want) > 0
     _assert_same(got, want)

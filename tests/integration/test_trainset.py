@@ -1,5 +1,6 @@
 """`mmi trainset build` over small synthetic Delta tables and a real Feast store: every labelled row kept,
 temporal split without overlap, vocabulary from the train part only, features point-in-time."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,12 +22,16 @@ DIMS = {"img": 6, "txt": 5, "fused": 4}
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """(cfg, interactions, summary) for a built training set; T=8, l=2, n=4."""
-    cfg = load_config(home=tmp_path_factory.mktemp("ts") / "mmi", seq_len=8, time_slices=2, sim_bins=4)
+    cfg = load_config(
+        home=tmp_path_factory.mktemp("ts") / "mmi", seq_len=8, time_slices=2, sim_bins=4
+    )
     interactions = synthetic.random_interactions(users=8, items=40, rows=400, start=T0, seed=3)
     interactions["rating"] = 4.0
     write_deltalake(cfg.table("interactions"), interactions)
     first = interactions.groupby("item_id")["event_ts"].min()
-    items = pd.DataFrame({"item_id": np.arange(1, 41), "category": [f"G{i % 3}|X" for i in range(1, 41)]})
+    items = pd.DataFrame(
+        {"item_id": np.arange(1, 41), "category": [f"G{i % 3}|X" for i in range(1, 41)]}
+    )
     items["first_seen_ts"] = pd.to_datetime(items["item_id"].map(first), utc=True)
     write_deltalake(cfg.table("items"), items)
     synthetic.write_tables(cfg, interactions, DIMS, without_img=[2])
@@ -45,8 +50,16 @@ def test_every_row_once_in_time_ordered_splits(built):
     assert len(parts["train"]) == pytest.approx(0.8 * len(interactions), abs=5)
     assert parts["train"].event_ts.max() < parts["valid"].event_ts.min()
     assert parts["valid"].event_ts.max() < parts["test"].event_ts.min()
+
     def keys(frame):
-        return sorted(zip(frame.user_id, frame.item_id, frame.event_ts.map(pd.Timestamp.isoformat), frame.label))
+        return sorted(
+            zip(
+                frame.user_id,
+                frame.item_id,
+                frame.event_ts.map(pd.Timestamp.isoformat),
+                frame.label,
+            )
+        )
 
     assert keys(pd.concat(parts.values())) == keys(interactions)
     assert "trainset t1: rows 400" in summary.line()
@@ -59,7 +72,10 @@ def test_vocab_comes_from_the_train_part(built):
     cfg, _, summary = built
     train, test = read(summary, "train"), read(summary, "test")
     vocab = Vocab.load(summary.path)
-    assert vocab.n_users - 1 == train.user_id.nunique() and vocab.n_items - 1 == train.item_id.nunique()
+    assert (
+        vocab.n_users - 1 == train.user_id.nunique()
+        and vocab.n_items - 1 == train.item_id.nunique()
+    )
     unseen = np.setdiff1d(test.item_id.unique(), train.item_id.unique())
     assert (vocab.item_index(unseen) == 0).all()
     assert (vocab.item_cat(test.item_id.to_numpy()) > 0).all()  # categories known for every item

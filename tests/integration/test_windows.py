@@ -4,6 +4,7 @@ late (in the last day's source, stamped days earlier), leave interactions and it
 source's events before the last day's end, and user_behaviour and interest_features equal, row for
 row, to a full rebuild from those interactions; a run admits nothing at or after its window's end;
 re-running a day leaves the tables unchanged. No posters: the slice needs no image suite."""
+
 from __future__ import annotations
 
 import shutil
@@ -23,9 +24,13 @@ DAY = pd.Timedelta(days=1)
 # arrives with the last day's source, stamped before user 73's events of 2016-10-10 (a positive:
 # every later state and row of user 73 changes, and user 73 has no event in the last window)
 LATE = "73,1,5.0," + str(int(pd.Timestamp("2016-10-09 12:00", tz="UTC").timestamp()))
-TABLES = {"interactions": ["user_id", "item_id", "event_ts"], "items": ["item_id"],
-          "quarantine": ["source", "record_hash"], "user_behaviour": ["user_id", "event_ts"],
-          "interest_features": ["user_id", "item_id", "event_ts"]}
+TABLES = {
+    "interactions": ["user_id", "item_id", "event_ts"],
+    "items": ["item_id"],
+    "quarantine": ["source", "record_hash"],
+    "user_behaviour": ["user_id", "event_ts"],
+    "interest_features": ["user_id", "item_id", "event_ts"],
+}
 DERIVED = ("user_behaviour", "interest_features")
 
 
@@ -34,18 +39,24 @@ def _dataset(root, late: bool):
     root.mkdir(parents=True)
     ratings = (REAL_DATASET / "ratings.csv").read_text().splitlines()
     mine = [r for r in ratings[1:] if int(r.split(",")[0]) in USERS]
-    (root / "ratings.csv").write_text("\n".join(ratings[:1] + mine + ([LATE] if late else [])) + "\n")
+    (root / "ratings.csv").write_text(
+        "\n".join(ratings[:1] + mine + ([LATE] if late else [])) + "\n"
+    )
     ids = {r.split(",")[1] for r in mine}
     movies = (REAL_DATASET / "movies.csv").read_bytes().splitlines()
-    (root / "movies.csv").write_bytes(b"\n".join(
-        movies[:1] + [m for m in movies[1:] if m.split(b",", 1)[0].decode() in ids]) + b"\n")
+    (root / "movies.csv").write_bytes(
+        b"\n".join(movies[:1] + [m for m in movies[1:] if m.split(b",", 1)[0].decode() in ids])
+        + b"\n"
+    )
     header = (REAL_DATASET / "posters_index.csv").read_text().splitlines()[0]
     (root / "posters_index.csv").write_text(header + "\n")
     return root
 
 
 def _cfg(home, dataset):
-    return load_config(home=home, dataset_dir=dataset, spark_master="local[2]", spark_shuffle_partitions=4)
+    return load_config(
+        home=home, dataset_dir=dataset, spark_master="local[2]", spark_shuffle_partitions=4
+    )
 
 
 def _day(spark, cfg, start, end):
@@ -59,8 +70,10 @@ def _day(spark, cfg, start, end):
 
 
 def _snapshot(cfg, tables=TABLES) -> dict[str, pd.DataFrame]:
-    return {t: DeltaTable(cfg.table(t)).to_pandas().sort_values(TABLES[t]).reset_index(drop=True)
-            for t in tables}
+    return {
+        t: DeltaTable(cfg.table(t)).to_pandas().sort_values(TABLES[t]).reset_index(drop=True)
+        for t in tables
+    }
 
 
 def _assert_equal(got: dict, want: dict) -> None:
@@ -73,9 +86,17 @@ def _assert_equal(got: dict, want: dict) -> None:
 def _source_events(dataset, end) -> pd.DataFrame:
     """The interactions a full ingest up to `end` admits, read with pandas."""
     raw = pd.read_csv(dataset / "ratings.csv")
-    events = pd.DataFrame({"user_id": raw.userId, "item_id": raw.movieId,
-                           "event_ts": pd.to_datetime(raw.timestamp, unit="s", utc=True).astype("datetime64[us, UTC]"),
-                           "rating": raw.rating, "label": (raw.rating >= 4).astype("int32")})
+    events = pd.DataFrame(
+        {
+            "user_id": raw.userId,
+            "item_id": raw.movieId,
+            "event_ts": pd.to_datetime(raw.timestamp, unit="s", utc=True).astype(
+                "datetime64[us, UTC]"
+            ),
+            "rating": raw.rating,
+            "label": (raw.rating >= 4).astype("int32"),
+        }
+    )
     return events[events.event_ts < end].sort_values(TABLES["interactions"]).reset_index(drop=True)
 
 
@@ -85,7 +106,9 @@ def runs(spark, tmp_path_factory):
     from the same interactions and item vectors, the daily ingest summaries, the late dataset)."""
     root = tmp_path_factory.mktemp("windows")
     base, late = _dataset(root / "base", late=False), _dataset(root / "late", late=True)
-    daily = _cfg(root / "daily", base)  # the first window is the first load: everything before its end
+    daily = _cfg(
+        root / "daily", base
+    )  # the first window is the first load: everything before its end
     summaries = [_day(spark, daily, day, day + DAY) for day in DAYS[:-1]]
     daily = _cfg(root / "daily", late)  # the last day's source holds the late event
     summaries.append(_day(spark, daily, DAYS[-1], DAYS[-1] + DAY))
@@ -137,6 +160,15 @@ def test_nothing_new_and_no_window_event_writes_nothing(runs, spark):
     later = DAYS[-1] + 30 * DAY
     _day(spark, daily, later, later + DAY)
     assert {t: DeltaTable(daily.table(t)).version() for t in TABLES} == versions
-    assert increments.consumed(daily, "interest_features",
-                               {"seq_len": daily.seq_len, "time_slices": daily.time_slices,
-                                "sim_bins": daily.sim_bins}) is not None
+    assert (
+        increments.consumed(
+            daily,
+            "interest_features",
+            {
+                "seq_len": daily.seq_len,
+                "time_slices": daily.time_slices,
+                "sim_bins": daily.sim_bins,
+            },
+        )
+        is not None
+    )

@@ -1,5 +1,6 @@
 """mminterest.config: defaults, then MMI_* environment variables, then explicit overrides; typed,
 paths absolute, empty model folders defaulting under home, a bad value named in the error."""
+
 from pathlib import Path
 
 import pytest

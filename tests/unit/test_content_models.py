@@ -3,6 +3,7 @@
 Tiny configs (random small BERT with the packaged MiniLM tokenizer, a 16x16 ViT), all offline.
 Heavy modules import inside the tests so the 2-process gloo workers start fast.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,22 @@ N, D, K = 4, 8, 3  # pairs per worker, embedding dim, queued batches
 def tiny_config():
     from training.content.encoders import EncoderConfig
 
-    return EncoderConfig(dim=16, text_source="tiny", text_max_len=16, tiny_text_hidden=32, tiny_text_layers=2,
-                         text_trainable_layers=1, image_source="vit", image_size=16, image_patch=8,
-                         image_hidden=32, image_layers=2, image_heads=2, fusion_hidden=32, dropout=0.0)
+    return EncoderConfig(
+        dim=16,
+        text_source="tiny",
+        text_max_len=16,
+        tiny_text_hidden=32,
+        tiny_text_layers=2,
+        text_trainable_layers=1,
+        image_source="vit",
+        image_size=16,
+        image_patch=8,
+        image_hidden=32,
+        image_layers=2,
+        image_heads=2,
+        fusion_hidden=32,
+        dropout=0.0,
+    )
 
 
 @pytest.fixture
@@ -47,15 +61,31 @@ def catalogue(tmp_path) -> pd.DataFrame:
         paths.append(str(path))
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     paths += [str(tmp_path / "broken.jpg"), None, None, str(tmp_path / "missing.jpg")]
-    words = ["space war", "space opera", "love story", "love letters", "war drama", "family drama",
-             "toy adventure", "toy story"]
-    return pd.DataFrame({"item_id": np.arange(10, 18, dtype=np.int64), "text": words,
-                         "category": ["a", "a", "b", "b", "a", "b", "a", "b"], "image_path": paths})
+    words = [
+        "space war",
+        "space opera",
+        "love story",
+        "love letters",
+        "war drama",
+        "family drama",
+        "toy adventure",
+        "toy story",
+    ]
+    return pd.DataFrame(
+        {
+            "item_id": np.arange(10, 18, dtype=np.int64),
+            "text": words,
+            "category": ["a", "a", "b", "b", "a", "b", "a", "b"],
+            "image_path": paths,
+        }
+    )
 
 
 def _random_outputs(n: int, gen: torch.Generator, grad: bool = False) -> dict[str, torch.Tensor]:
-    out = {key: torch.nn.functional.normalize(torch.randn(n, D, generator=gen), dim=-1)
-           for key in ("fused", "txt", "img")}
+    out = {
+        key: torch.nn.functional.normalize(torch.randn(n, D, generator=gen), dim=-1)
+        for key in ("fused", "txt", "img")
+    }
     out["img_mask"] = torch.rand(n, generator=gen) < 0.7
     out["img"] = out["img"] * out["img_mask"].unsqueeze(-1)
     if grad:
@@ -80,7 +110,9 @@ def _run_steps(steps: int, seed: int) -> list[int]:
 def test_negative_count_single_worker():
     counts = _run_steps(K + 2, seed=1)
     assert counts[0] == 2 * N - 1
-    assert counts[K:] == [2 * N * 1 * (K + 1) - 1] * 2  # 2NP(k+1)-1 with P = 1 once the queue is full
+    assert (
+        counts[K:] == [2 * N * 1 * (K + 1) - 1] * 2
+    )  # 2NP(k+1)-1 with P = 1 once the queue is full
 
 
 def test_false_negative_masking_and_requeued_features():
@@ -88,7 +120,11 @@ def test_false_negative_masking_and_requeued_features():
 
     gen = torch.Generator().manual_seed(2)
     q, p, n = (_random_outputs(2, gen, grad=True) for _ in range(3))
-    q["item_id"], p["item_id"], n["item_id"] = torch.tensor([1, 2]), torch.tensor([3, 3]), torch.tensor([1, 4])
+    q["item_id"], p["item_id"], n["item_id"] = (
+        torch.tensor([1, 2]),
+        torch.tensor([3, 3]),
+        torch.tensor([1, 4]),
+    )
     # candidates [3, 3, 1, 4]: query 0 (item 1) drops the copy of 3 and itself, query 1 drops slot 0
     _, stats = csft_loss(q, p, n, None)
     assert stats["n_negatives"] == 3 and stats["n_masked"] == 1.5
@@ -101,14 +137,24 @@ def test_false_negative_masking_and_requeued_features():
         return {"txt": txt, "img": img, "img_mask": img_mask, "fused": txt}
 
     queue = NegativeQueue(2)
-    for step in range(3):
-        feats = [{"txt_feat": torch.randn(N, 5, generator=gen), "img_feat": torch.randn(N, 5, generator=gen),
-                  "img_mask": torch.ones(N, dtype=torch.bool)} for _ in range(3)]
+    for _ in range(3):
+        feats = [
+            {
+                "txt_feat": torch.randn(N, 5, generator=gen),
+                "img_feat": torch.randn(N, 5, generator=gen),
+                "img_mask": torch.ones(N, dtype=torch.bool),
+            }
+            for _ in range(3)
+        ]
         q, p, n = ({**f, **heads(f["txt_feat"], f["img_feat"], f["img_mask"])} for f in feats)
         proj.zero_grad()
         loss, stats = csft_loss(q, p, n, queue, heads=heads)
         loss.backward()
-    assert set(queue.tensors() or {}) == {"txt_feat", "img_feat", "img_mask"}  # features, not embeddings
+    assert set(queue.tensors() or {}) == {
+        "txt_feat",
+        "img_feat",
+        "img_mask",
+    }  # features, not embeddings
     assert stats["n_negatives"] == 2 * N * 3 - 1 and proj.weight.grad is not None
 
 
@@ -125,8 +171,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         mask = gather_from_all_workers(torch.tensor([True, rank == 1]))
         counts = _run_steps(K + 1, seed=10 + rank)
         assert x.grad is not None
-        np.save(os.path.join(out_dir, f"rank{rank}.npy"),
-                np.array([*gathered[:, 0].tolist(), *x.grad[:, 0].tolist(), *mask.tolist(), *counts]))
+        np.save(
+            os.path.join(out_dir, f"rank{rank}.npy"),
+            np.array([*gathered[:, 0].tolist(), *x.grad[:, 0].tolist(), *mask.tolist(), *counts]),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -139,14 +187,20 @@ def test_negative_count_two_workers(tmp_path):
     for rank in range(2):
         row = np.load(tmp_path / f"rank{rank}.npy")
         assert row[:6].tolist() == [0, 0, 0, 1, 1, 1]  # rank order
-        assert row[6:9].tolist() == [1 + 3 * rank, 2 + 3 * rank, 3 + 3 * rank]  # local slice keeps grad
+        assert row[6:9].tolist() == [
+            1 + 3 * rank,
+            2 + 3 * rank,
+            3 + 3 * rank,
+        ]  # local slice keeps grad
         assert row[9:13].tolist() == [1, 0, 1, 1]  # bools survive gloo
         assert row[13] == 2 * N * 2 - 1 and row[-1] == 2 * N * 2 * (K + 1) - 1  # P = 2
 
 
 def test_outputs_normalised_and_missing_images(encoder, catalogue):
     out = encoder.embed(catalogue["text"].tolist(), catalogue["image_path"].tolist(), batch_size=3)
-    assert out["img_mask"].tolist() == [True] * 4 + [False] * 4  # corrupt, None, absent file -> no image
+    assert (
+        out["img_mask"].tolist() == [True] * 4 + [False] * 4
+    )  # corrupt, None, absent file -> no image
     for key in ("txt", "fused"):
         assert out[key].dtype == np.float32 and out[key].shape == (8, 16)
         np.testing.assert_allclose(np.linalg.norm(out[key], axis=1), 1.0, atol=1e-5)
@@ -177,7 +231,7 @@ def test_one_csft_step_reaches_every_trainable_part(encoder, catalogue):
     rows = [0, 2, 4, 1, 3, 5, 6, 7, 0]  # 3 queries, 3 positives, 3 hard negatives
     encoder.train()
     out = encoder.encode([texts[r] for r in rows], [paths[r] for r in rows])
-    q, p, n = ({k: v[i * 3:(i + 1) * 3] for k, v in out.items()} for i in range(3))
+    q, p, n = ({k: v[i * 3 : (i + 1) * 3] for k, v in out.items()} for i in range(3))
     loss, stats = csft_loss(q, p, n, NegativeQueue(2), heads=encoder.heads)
     loss.backward()
     assert stats["n_negatives"] == 5 and stats["loss_q2img"] > 0
@@ -219,23 +273,45 @@ def _rated(rows) -> pd.DataFrame:
 
 
 def test_mine_interest_pairs_and_hard_negatives(catalogue):
-    from training.content.csft import PairConfig, hard_negatives, mine_interest_pairs, split_interest_pairs
+    from training.content.csft import (
+        PairConfig,
+        hard_negatives,
+        mine_interest_pairs,
+        split_interest_pairs,
+    )
 
-    frame = _rated([
-        # user 1's 80th percentile is 5: only the 5s are top; 15 is 29 days after 11 (window 14 days)
-        (1, 10, 0, 5.0), (1, 11, 1, 5.0), (1, 12, 1.5, 4.5), (1, 13, 2, 4.0), (1, 14, 3, 3.0), (1, 15, 30, 5.0),
-        # user 2 rates everything 4: all top; the repeat of 10 makes no (10, 10) pair
-        (2, 10, 0, 4.0), (2, 10, 0.001, 4.0), (2, 16, 2, 4.0),
-        (3, 10, 0, 3.0), (3, 11, 0, 3.5)])  # user 3: nothing at 4 or above
+    frame = _rated(
+        [
+            # user 1's 80th percentile is 5: only the 5s are top; 15 is 29 days after 11 (window 14 days)
+            (1, 10, 0, 5.0),
+            (1, 11, 1, 5.0),
+            (1, 12, 1.5, 4.5),
+            (1, 13, 2, 4.0),
+            (1, 14, 3, 3.0),
+            (1, 15, 30, 5.0),
+            # user 2 rates everything 4: all top; the repeat of 10 makes no (10, 10) pair
+            (2, 10, 0, 4.0),
+            (2, 10, 0.001, 4.0),
+            (2, 16, 2, 4.0),
+            (3, 10, 0, 3.0),
+            (3, 11, 0, 3.5),
+        ]
+    )  # user 3: nothing at 4 or above
     pairs = mine_interest_pairs(frame, PairConfig(window_days=14, partners=3))
     assert list(zip(pairs.user_id, pairs.query_item, pairs.pos_item)) == [(1, 10, 11), (2, 10, 16)]
     t0 = pd.Timestamp("2020-01-01", tz="UTC")
-    assert pairs["event_ts"].tolist() == [t0 + pd.Timedelta(days=1), t0 + pd.Timedelta(days=2)]  # later event
+    assert pairs["event_ts"].tolist() == [
+        t0 + pd.Timedelta(days=1),
+        t0 + pd.Timedelta(days=2),
+    ]  # later event
     labels_only = frame.drop(columns="rating")  # no rating column: label == 1 events are top
     assert len(mine_interest_pairs(labels_only, PairConfig(partners=5))) > len(pairs)
-    numeric = frame.assign(event_ts=(frame["event_ts"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds())
+    numeric = frame.assign(
+        event_ts=(frame["event_ts"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    )
     assert mine_interest_pairs(numeric)[["user_id", "query_item", "pos_item"]].equals(
-        pairs[["user_id", "query_item", "pos_item"]])
+        pairs[["user_id", "query_item", "pos_item"]]
+    )
 
     # a bulk rater: 60 top ratings within one day give at most 60 x partners pairs, not 60*59/2
     bulk = _rated([(9, 100 + i, i / 100, 5.0) for i in range(60)])
@@ -246,7 +322,9 @@ def test_mine_interest_pairs_and_hard_negatives(catalogue):
     cut = pd.Timestamp("2020-01-20", tz="UTC")
     train, held = split_interest_pairs(frame, cut)
     assert (train["event_ts"] < cut).all() and (held["event_ts"] >= cut).all()
-    later = pd.concat([frame, _rated([(1, 20 + i, 25 + i, 3.0) for i in range(10)])])  # user 1's scale drops
+    later = pd.concat(
+        [frame, _rated([(1, 20 + i, 25 + i, 3.0) for i in range(10)])]
+    )  # user 1's scale drops
     train_later, _ = split_interest_pairs(later, cut)
     assert train_later.equals(train)
     assert split_interest_pairs(frame, None)[1].empty
@@ -273,14 +351,22 @@ def test_train_loops_metrics_and_cli(encoder, catalogue, tmp_path):
     pairs = pd.DataFrame({"query_item": ids, "pos_item": ids[1:] + ids[:1]})
     text_before = encoder.text.model.encoder.layer[-1].output.dense.weight.detach().clone()
     fusion_before = encoder.fusion[0].weight.detach().clone()
-    summary = train_csft(encoder, catalogue, pairs, CsftConfig(batch_size=2, queue_batches=2, log_every=1))
+    summary = train_csft(
+        encoder, catalogue, pairs, CsftConfig(batch_size=2, queue_batches=2, log_every=1)
+    )
     assert summary["steps"] == 4 and summary["n_negatives"] == 2 * 2 * (2 + 1) - 1
     assert summary["mode"].startswith("cached") and len(summary["epoch_loss"]) == 1
-    assert torch.equal(encoder.text.model.encoder.layer[-1].output.dense.weight, text_before)  # backbone frozen
+    assert torch.equal(
+        encoder.text.model.encoder.layer[-1].output.dense.weight, text_before
+    )  # backbone frozen
     assert not torch.equal(encoder.fusion[0].weight, fusion_before)  # heads learn
     assert encoder.encoder_version() != after_pretrain
-    full = train_csft(encoder, catalogue, pairs, CsftConfig(batch_size=2, queue_batches=2, epochs=2,
-                                                            cached_features=False))
+    full = train_csft(
+        encoder,
+        catalogue,
+        pairs,
+        CsftConfig(batch_size=2, queue_batches=2, epochs=2, cached_features=False),
+    )
     assert full["mode"] == "full" and full["steps"] == 8
     assert not torch.equal(encoder.text.model.encoder.layer[-1].output.dense.weight, text_before)
     assert interest_recall_at_k(encoder, catalogue, pairs, k=7) == 1.0  # 7 = catalogue minus query
@@ -289,16 +375,45 @@ def test_train_loops_metrics_and_cli(encoder, catalogue, tmp_path):
 
     catalogue.to_parquet(tmp_path / "items.parquet")
     t0 = pd.Timestamp("2020-01-01", tz="UTC")
-    inter = pd.DataFrame({"user_id": [1] * 8 + [2] * 8, "item_id": ids + ids[::-1],
-                          "event_ts": [t0 + pd.Timedelta(minutes=m) for m in range(16)], "label": 1})
+    inter = pd.DataFrame(
+        {
+            "user_id": [1] * 8 + [2] * 8,
+            "item_id": ids + ids[::-1],
+            "event_ts": [t0 + pd.Timedelta(minutes=m) for m in range(16)],
+            "label": 1,
+        }
+    )
     inter.to_parquet(tmp_path / "inter.parquet")
-    common = ["--items", str(tmp_path / "items.parquet"), "--interactions", str(tmp_path / "inter.parquet"),
-              "--batch-size", "2", "--max-steps", "1"]
+    common = [
+        "--items",
+        str(tmp_path / "items.parquet"),
+        "--interactions",
+        str(tmp_path / "inter.parquet"),
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+    ]
     encoder.save(tmp_path / "start")
-    assert cli.main(["pretrain", *common, "--out", str(tmp_path / "pre"), "--ckpt", str(tmp_path / "start")]) == 0
-    assert cli.main(["csft", *common, "--out", str(tmp_path / "ft"), "--ckpt", str(tmp_path / "pre")]) == 0
-    assert cli.main(["evaluate", *common, "--out", str(tmp_path / "ev"), "--ckpt", str(tmp_path / "ft")]) == 0
-    assert (tmp_path / "ft" / "encoder.pt").is_file() and (tmp_path / "ev" / "metrics.json").is_file()
+    assert (
+        cli.main(
+            ["pretrain", *common, "--out", str(tmp_path / "pre"), "--ckpt", str(tmp_path / "start")]
+        )
+        == 0
+    )
+    assert (
+        cli.main(["csft", *common, "--out", str(tmp_path / "ft"), "--ckpt", str(tmp_path / "pre")])
+        == 0
+    )
+    assert (
+        cli.main(
+            ["evaluate", *common, "--out", str(tmp_path / "ev"), "--ckpt", str(tmp_path / "ft")]
+        )
+        == 0
+    )
+    assert (tmp_path / "ft" / "encoder.pt").is_file() and (
+        tmp_path / "ev" / "metrics.json"
+    ).is_file()
 
 
 def test_csft_under_torchrun_two_workers(encoder, catalogue, tmp_path):
@@ -312,13 +427,39 @@ def test_csft_under_torchrun_two_workers(encoder, catalogue, tmp_path):
     ids = catalogue["item_id"].tolist()
     catalogue.to_parquet(tmp_path / "items.parquet")
     t0 = pd.Timestamp("2020-01-01", tz="UTC")
-    pd.DataFrame({"user_id": [1] * 8 + [2] * 8, "item_id": ids + ids[::-1], "label": 1,
-                  "event_ts": [t0 + pd.Timedelta(minutes=m) for m in range(16)]}).to_parquet(tmp_path / "inter.parquet")
+    pd.DataFrame(
+        {
+            "user_id": [1] * 8 + [2] * 8,
+            "item_id": ids + ids[::-1],
+            "label": 1,
+            "event_ts": [t0 + pd.Timedelta(minutes=m) for m in range(16)],
+        }
+    ).to_parquet(tmp_path / "inter.parquet")
     start = encoder.save(tmp_path / "start")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "training.content.cli", "csft", "--items", str(tmp_path / "items.parquet"),
-           "--interactions", str(tmp_path / "inter.parquet"), "--ckpt", str(tmp_path / "start"),
-           "--out", str(tmp_path / "ft"), "--batch-size", "2", "--queue-batches", "2", "--cut-quantile", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "training.content.cli",
+        "csft",
+        "--items",
+        str(tmp_path / "items.parquet"),
+        "--interactions",
+        str(tmp_path / "inter.parquet"),
+        "--ckpt",
+        str(tmp_path / "start"),
+        "--out",
+        str(tmp_path / "ft"),
+        "--batch-size",
+        "2",
+        "--queue-batches",
+        "2",
+        "--cut-quantile",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -335,9 +476,16 @@ def test_real_minilm_loads_offline_and_ranks_titles():
 
     tower = TextTower.build(MINILM, max_len=48, tiny_hidden=32, tiny_layers=2).eval()
     with torch.no_grad():
-        v = torch.nn.functional.normalize(tower(["Star Wars: Episode IV - A New Hope (1977). Action, Sci-Fi",
-                                                 "Star Wars: Episode V - The Empire Strikes Back (1980). Sci-Fi",
-                                                 "Pride and Prejudice (1995). Drama, Romance"]), dim=-1)
+        v = torch.nn.functional.normalize(
+            tower(
+                [
+                    "Star Wars: Episode IV - A New Hope (1977). Action, Sci-Fi",
+                    "Star Wars: Episode V - The Empire Strikes Back (1980). Sci-Fi",
+                    "Pride and Prejudice (1995). Drama, Romance",
+                ]
+            ),
+            dim=-1,
+        )
     assert tower.hidden_size == 384
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.1
 
@@ -350,12 +498,24 @@ def test_image_tower_from_local_vit_checkpoint(tmp_path, catalogue):
 
     from training.content.encoders import MultimodalEncoder
 
-    vit = ViTModel(ViTConfig(image_size=24, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                             num_attention_heads=2, intermediate_size=64), add_pooling_layer=False)
+    vit = ViTModel(
+        ViTConfig(
+            image_size=24,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        add_pooling_layer=False,
+    )
     vit.save_pretrained(tmp_path / "vit")
-    (tmp_path / "vit" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.4, 0.4, 0.4],
-                                                                          "image_std": [0.2, 0.2, 0.2]}))
-    enc = MultimodalEncoder.build(dataclasses.replace(tiny_config(), image_source=str(tmp_path / "vit")))
+    (tmp_path / "vit" / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.4, 0.4, 0.4], "image_std": [0.2, 0.2, 0.2]})
+    )
+    enc = MultimodalEncoder.build(
+        dataclasses.replace(tiny_config(), image_source=str(tmp_path / "vit"))
+    )
     assert enc.image_size == 24 and float(enc.image.pixel_std.flatten()[0]) == pytest.approx(0.2)
     cls_token = "embeddings.cls_token"
     torch.testing.assert_close(enc.image.model.state_dict()[cls_token], vit.state_dict()[cls_token])
@@ -371,11 +531,15 @@ def test_efficientnet_lite0_loads_packaged_weights(catalogue):
     from training.content.encoders import MultimodalEncoder
     from training.content.towers import EFFICIENTNET_LITE0, ImageTower, efficientnet_lite0_weights
 
-    tower = ImageTower.build(EFFICIENTNET_LITE0, size=64, patch=8, hidden=32, layers=1, heads=1).eval()
+    tower = ImageTower.build(
+        EFFICIENTNET_LITE0, size=64, patch=8, hidden=32, layers=1, heads=1
+    ).eval()
     state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
     assert len(state) == 296
     mine = tower.model.state_dict()
-    assert set(mine) == {k for k in state if not k.startswith("_fc.")}  # all matched, classifier dropped
+    assert set(mine) == {
+        k for k in state if not k.startswith("_fc.")
+    }  # all matched, classifier dropped
     for key, value in mine.items():
         assert torch.equal(value, state[key]), key
     with torch.no_grad():
@@ -385,7 +549,10 @@ def test_efficientnet_lite0_loads_packaged_weights(catalogue):
     tower.set_trainable(1)
     tower.train()  # BatchNorm keeps its statistics, frozen blocks stay in eval mode while training
     assert not tower.model._bn0.training and not tower.model._blocks[0].training
-    assert tower.model._blocks[-1].training and tower.model._blocks[-1]._depthwise_conv.weight.requires_grad
+    assert (
+        tower.model._blocks[-1].training
+        and tower.model._blocks[-1]._depthwise_conv.weight.requires_grad
+    )
     assert not tower.model._blocks[0]._depthwise_conv.weight.requires_grad
     vit = MultimodalEncoder.build(tiny_config())
     cfg = dataclasses.replace(tiny_config(), image_source=EFFICIENTNET_LITE0, image_size=32)

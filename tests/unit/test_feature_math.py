@@ -1,5 +1,6 @@
 """feature_repo.feature_math: hand-computed cases, contract invariants, and a brute-force
 Python reference on random data."""
+
 from __future__ import annotations
 
 import math
@@ -105,8 +106,9 @@ def test_missing_modality_target_and_zero_vectors_are_masked_without_nan():
     txt_h = rng.normal(size=(B, T, 3)).astype(np.float32)
     mask = np.ones((B, T), bool)
     with np.errstate(all="raise"):  # not even a warning on 0 / 0
-        out = fm.target_features({"img": img_t, "txt": txt_t}, {"img": img_h, "txt": txt_h},
-                                 {"img": mask, "txt": mask})
+        out = fm.target_features(
+            {"img": img_t, "txt": txt_t}, {"img": img_h, "txt": txt_h}, {"img": mask, "txt": mask}
+        )
     assert set(out) == {f"{k}_{m}" for k in ("sim", "sim_mask", "dist") for m in ("img", "txt")}
     for v in out.values():
         assert not np.isnan(v.astype(np.float64)).any()
@@ -121,8 +123,10 @@ def test_missing_modality_target_and_zero_vectors_are_masked_without_nan():
 
 def test_non_finite_vectors_are_masked_silently():
     target = np.array([[1.0, 0.0], [np.nan, 1.0], [1.0, 1.0]], np.float32)
-    history = np.array([[[1.0, 0.0], [np.inf, 0.0]], [[1.0, 0.0], [0.0, 1.0]],
-                        [[1.0, 1.0], [-np.inf, np.nan]]], np.float32)
+    history = np.array(
+        [[[1.0, 0.0], [np.inf, 0.0]], [[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [-np.inf, np.nan]]],
+        np.float32,
+    )
     with np.errstate(all="raise"):
         sim, _ = fm.similarity_scores(target, history, np.ones((3, 2), bool))
     np.testing.assert_allclose(sim, [[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]], atol=1e-7)
@@ -139,8 +143,9 @@ def test_bad_l_or_n_raises_a_clear_error():
     with pytest.raises(TypeError):
         fm.interest_distribution(scores, mask, l=2.5, n=10)
     with pytest.raises(ValueError, match="time slices"):
-        fm.target_features({"t": np.ones((1, 2))}, {"t": np.ones((1, 3, 2))},
-                           {"t": np.ones((1, 3), bool)}, l=4)
+        fm.target_features(
+            {"t": np.ones((1, 2))}, {"t": np.ones((1, 3, 2))}, {"t": np.ones((1, 3), bool)}, l=4
+        )
     assert fm.interest_distribution(scores, mask, l=64, n=10).shape == (2, 64, 10)
 
 
@@ -192,10 +197,14 @@ def test_rows_do_not_depend_on_the_batch_or_a_broadcast_history():
     target = rng.normal(size=(B, d)).astype(np.float32)
     shared = rng.normal(size=(T, d)).astype(np.float32)
     mask = np.arange(T) < 41
-    full = fm.target_features({"x": target}, {"x": np.tile(shared, (B, 1, 1))},
-                              {"x": np.tile(mask, (B, 1))})
-    view = fm.target_features({"x": target}, {"x": np.broadcast_to(shared, (B, T, d))},
-                              {"x": np.broadcast_to(mask, (B, T))})
+    full = fm.target_features(
+        {"x": target}, {"x": np.tile(shared, (B, 1, 1))}, {"x": np.tile(mask, (B, 1))}
+    )
+    view = fm.target_features(
+        {"x": target},
+        {"x": np.broadcast_to(shared, (B, T, d))},
+        {"x": np.broadcast_to(mask, (B, T))},
+    )
     one = fm.target_features({"x": target[7:8]}, {"x": shared[None]}, {"x": mask[None]})
     for k in full:
         np.testing.assert_array_equal(full[k], view[k], err_msg=k)
@@ -216,9 +225,13 @@ def test_inputs_are_not_modified_and_float64_inputs_give_float32():
 
 
 def test_empty_batch():
-    out = fm.target_features({"t": np.zeros((0, 4), np.float32)},
-                             {"t": np.zeros((0, 10, 4), np.float32)}, {"t": np.zeros((0, 10), bool)},
-                             l=5, n=3)
+    out = fm.target_features(
+        {"t": np.zeros((0, 4), np.float32)},
+        {"t": np.zeros((0, 10, 4), np.float32)},
+        {"t": np.zeros((0, 10), bool)},
+        l=5,
+        n=3,
+    )
     assert out["sim_t"].shape == (0, 10) and out["dist_t"].shape == (0, 5, 3)
 
 
@@ -229,7 +242,9 @@ def test_stack_ragged_arrow_layout_keeps_most_recent_and_pads_right():
     ids, mask = fm.stack_ragged(offsets, values, 4)
     np.testing.assert_array_equal(ids, [[5, 6, 7, 0], [0, 0, 0, 0], [8, 9, 10, 11], [13, 0, 0, 0]])
     np.testing.assert_array_equal(mask.sum(1), [3, 0, 4, 1])
-    vecs, vmask = fm.stack_ragged(np.array([0, 1, 3]), np.arange(6, dtype=np.float32).reshape(3, 2), 2)
+    vecs, vmask = fm.stack_ragged(
+        np.array([0, 1, 3]), np.arange(6, dtype=np.float32).reshape(3, 2), 2
+    )
     assert vecs.shape == (2, 2, 2)
     np.testing.assert_array_equal(vecs[0], [[0, 1], [0, 0]])
     np.testing.assert_array_equal(vecs[1], [[2, 3], [4, 5]])

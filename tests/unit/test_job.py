@@ -1,4 +1,5 @@
 """A feature job refuses to start without its inputs and says what makes each missing one."""
+
 import pyarrow as pa
 import pytest
 from deltalake import write_deltalake

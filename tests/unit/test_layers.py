@@ -7,6 +7,7 @@ import still loads its library when that code runs); `if TYPE_CHECKING:` blocks 
     serving never loads Spark (pyspark, delta-spark, py4j)
     feature math (feature_repo/feature_math.py) imports neither Spark nor Feast
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,8 +19,23 @@ from mminterest.config import REPO_ROOT
 PACKAGES = {"mminterest", "spark_jobs", "feature_repo", "training", "serving", "infra"}
 STDLIB = set(sys.stdlib_module_names)
 SPARK = {"pyspark", "delta", "py4j"}
-HEAVY = SPARK | {"torch", "feast", "pandas", "numpy", "pyarrow", "deltalake", "transformers",
-                 "great_expectations", "sklearn", "mlflow", "petastorm"} | PACKAGES
+HEAVY = (
+    SPARK
+    | {
+        "torch",
+        "feast",
+        "pandas",
+        "numpy",
+        "pyarrow",
+        "deltalake",
+        "transformers",
+        "great_expectations",
+        "sklearn",
+        "mlflow",
+        "petastorm",
+    }
+    | PACKAGES
+)
 
 
 def _file(module: str, root: Path = REPO_ROOT) -> Path | None:
@@ -39,7 +55,8 @@ def _type_checking(node: ast.AST) -> bool:
     test = getattr(node, "test", None)
     return isinstance(node, ast.If) and (
         (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
 
 
 def imported(path: Path, lazy: bool = True, root: Path = REPO_ROOT) -> set[str]:
@@ -50,8 +67,9 @@ def imported(path: Path, lazy: bool = True, root: Path = REPO_ROOT) -> set[str]:
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if _type_checking(node) or (not lazy and isinstance(
-                node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))):
+        if _type_checking(node) or (
+            not lazy and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        ):
             return
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
@@ -69,7 +87,9 @@ def imported(path: Path, lazy: bool = True, root: Path = REPO_ROOT) -> set[str]:
     return found
 
 
-def external_imports(start: list[Path], lazy: bool = True, root: Path = REPO_ROOT) -> dict[str, str]:
+def external_imports(
+    start: list[Path], lazy: bool = True, root: Path = REPO_ROOT
+) -> dict[str, str]:
     """Top-level names of the non-project libraries reachable from `start` through project modules
     -> the chain of modules that imports it first."""
     todo = [(path, _module_name(path, root)) for path in start]
@@ -132,6 +152,9 @@ def test_the_walk_follows_lazy_relative_and_package_imports(tmp_path):
     (pkg / "a.py").write_text("from . import b\n")
     (pkg / "b.py").write_text("def f():\n    import pyspark.sql\n")
     assert external_imports([pkg / "a.py"], root=tmp_path) == {
-        "pyspark": "serving.a -> serving.b -> pyspark.sql", "typing": "serving.a -> serving -> typing"}
+        "pyspark": "serving.a -> serving.b -> pyspark.sql",
+        "typing": "serving.a -> serving -> typing",
+    }
     assert external_imports([pkg / "a.py"], lazy=False, root=tmp_path) == {
-        "typing": "serving.a -> serving -> typing"}
+        "typing": "serving.a -> serving -> typing"
+    }

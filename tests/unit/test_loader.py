@@ -1,14 +1,15 @@
-"""petastorm loader over a synthetic Parquet training set: batch contract, every row once, shuffling, sharding.
+"""petastorm loader over a synthetic Parquet training set: batch contract, every row once,
+shuffling, sharding.
 
 petastorm only imports in .venv-train. Run from the platform env (`make test`), this module re-runs itself
 with .venv-train's interpreter and asserts that those tests passed, so petastorm is exercised for real.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,9 +25,24 @@ def run_in_train_env(*pytest_args: str, timeout: int = 600) -> subprocess.Comple
     if not TRAIN_PYTHON.exists():
         pytest.skip(f"training environment missing: {TRAIN_PYTHON}")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([str(TRAIN_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-                           *pytest_args],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            str(TRAIN_PYTHON),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            *pytest_args,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.skipif(HAS_PETASTORM, reason="already in the training environment")
@@ -36,19 +52,26 @@ def test_loader_in_the_training_environment():
     assert "skipped" not in done.stdout.splitlines()[-1], done.stdout[-2000:]
 
 
-needs_petastorm = pytest.mark.skipif(not HAS_PETASTORM, reason="petastorm imports only in .venv-train")
+needs_petastorm = pytest.mark.skipif(
+    not HAS_PETASTORM, reason="petastorm imports only in .venv-train"
+)
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     from training.synthetic import write_trainset
 
-    return write_trainset(tmp_path_factory.mktemp("ts") / "tiny", rows=(300, 70, 50), row_group_size=32)
+    return write_trainset(
+        tmp_path_factory.mktemp("ts") / "tiny", rows=(300, 70, 50), row_group_size=32
+    )
 
 
 def rows_of(loader) -> list[tuple[int, int, float]]:
-    return [(u, i, a) for b in loader for u, i, a in zip(b["user_id"].tolist(), b["item"].tolist(),
-                                                            b["item_age_s"].tolist())]
+    return [
+        (u, i, a)
+        for b in loader
+        for u, i, a in zip(b["user_id"].tolist(), b["item"].tolist(), b["item_age_s"].tolist())
+    ]
 
 
 @needs_petastorm
@@ -94,6 +117,9 @@ def test_shuffling_changes_order_per_epoch_not_content(root):
 def test_ranks_partition_the_rows(root):
     from training.loader import make_loader
 
-    shards = [rows_of(make_loader(root, "train", 40, shuffle=True, seed=5, rank=r, world=2)) for r in (0, 1)]
+    shards = [
+        rows_of(make_loader(root, "train", 40, shuffle=True, seed=5, rank=r, world=2))
+        for r in (0, 1)
+    ]
     assert abs(len(shards[0]) - len(shards[1])) <= 1
     assert sorted(shards[0] + shards[1]) == sorted(rows_of(make_loader(root, "train", 40)))

@@ -2,6 +2,7 @@
 SparkApplications, rendered with their kustomize patches, and the Airflow Helm values carry the
 keys they need; names cross-reference; the delta-spark configuration lives in one file and
 matches the pinned versions and the session factory."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,12 @@ K8S = REPO_ROOT / "infra" / "k8s"
 K8S_VERSION = "1.33.0"  # schemas ship inside kubernetes-validate: no network
 CUSTOM = {"SparkApplication"}
 NOT_CONFIG = {"MMI_DELTA_SPARK", "MMI_LOGICAL_DATE"}  # MMI_* variables that are not Config fields
-DELTA_MARKERS = ["io.delta", "spark.sql.extensions", "spark.sql.catalog.spark_catalog",
-                 "MMI_DELTA_SPARK"]
+DELTA_MARKERS = [
+    "io.delta",
+    "spark.sql.extensions",
+    "spark.sql.catalog.spark_catalog",
+    "MMI_DELTA_SPARK",
+]
 
 
 def _load(rel: str) -> list[dict]:
@@ -59,8 +64,11 @@ def _merge(target, patch):
 
 
 def _leaves(d: dict, prefix=()) -> set[tuple]:
-    return {p for k, v in d.items()
-            for p in (_leaves(v, (*prefix, k)) if isinstance(v, dict) else {(*prefix, k)})}
+    return {
+        p
+        for k, v in d.items()
+        for p in (_leaves(v, (*prefix, k)) if isinstance(v, dict) else {(*prefix, k)})
+    }
 
 
 def _rendered(app: dict) -> dict:
@@ -78,8 +86,9 @@ def test_kustomization_lists_every_manifest():
     assert listed <= files
 
 
-@pytest.mark.parametrize("rel,doc", STANDARD, ids=[f"{d['kind']}/{d['metadata']['name']}"
-                                                   for _, d in STANDARD])
+@pytest.mark.parametrize(
+    "rel,doc", STANDARD, ids=[f"{d['kind']}/{d['metadata']['name']}" for _, d in STANDARD]
+)
 def test_standard_kinds_validate_against_schema(rel, doc):
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -103,11 +112,14 @@ def test_spark_application(app):
     for role in ("driver", "executor"):
         assert {"cores", "memory"} <= set(spec[role]), role
         assert [e["configMapRef"]["name"] for e in spec[role]["envFrom"]] == ["mmi-env"]
-        assert {m["name"] for m in spec[role]["volumeMounts"]} <= {v["name"] for v in spec["volumes"]}
+        assert {m["name"] for m in spec[role]["volumeMounts"]} <= {
+            v["name"] for v in spec["volumes"]
+        }
     assert spec["executor"]["instances"] >= 1
     assert spec["driver"]["serviceAccount"] in _named("ServiceAccount")
     assert {v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]} <= _named(
-        "PersistentVolumeClaim")
+        "PersistentVolumeClaim"
+    )
     conf = spec["sparkConf"]
     assert conf["spark.kubernetes.driverEnv.MMI_DELTA_SPARK"] == "1"
     assert conf["spark.kubernetes.driverEnv.MMI_SPARK_MASTER"].startswith("k8s://")
@@ -119,8 +131,11 @@ def test_spark_application(app):
 
 
 def test_delta_config_in_one_place_and_consistent():
-    holders = {str(p.relative_to(K8S)) for p in K8S.rglob("*.yaml")
-               if any(m in p.read_text() for m in DELTA_MARKERS)}
+    holders = {
+        str(p.relative_to(K8S))
+        for p in K8S.rglob("*.yaml")
+        if any(m in p.read_text() for m in DELTA_MARKERS)
+    }
     assert holders == {"spark/delta.yaml"}
     delta = _load("spark/delta.yaml")[0]["spec"]
     (package,) = delta["deps"]["packages"]
@@ -141,8 +156,10 @@ def test_names_cross_reference():
         selector = svc["spec"]["selector"].items()
         assert any(selector <= labels.items() for labels in pod_labels), svc["metadata"]["name"]
     for w in workloads:
-        assert w["spec"]["selector"]["matchLabels"].items() <= w["spec"]["template"]["metadata"][
-            "labels"].items()
+        assert (
+            w["spec"]["selector"]["matchLabels"].items()
+            <= w["spec"]["template"]["metadata"]["labels"].items()
+        )
         if w["kind"] == "StatefulSet":
             assert w["spec"]["serviceName"] in _named("Service")
         for c in w["spec"]["template"]["spec"]["containers"]:
@@ -171,8 +188,9 @@ def test_ranker_runs_mmi_serve():
     assert "cpu" in container["resources"]["requests"]  # the HPA scales on CPU utilisation
     from mminterest.cli import build_parser
 
-    (commands,) = [a.choices for a in build_parser()._actions
-                   if isinstance(a, argparse._SubParsersAction)]
+    (commands,) = [
+        a.choices for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ]
     assert "serve" in commands, "`mmi serve` is not registered (serving/commands.py)"
 
 

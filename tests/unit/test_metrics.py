@@ -1,5 +1,6 @@
 """training.metrics: AUC / GAUC against brute-force pairwise counts, logloss known values,
 decile ids under ties and tiny inputs."""
+
 from __future__ import annotations
 
 import itertools
@@ -99,7 +100,8 @@ def test_gauc_nan_without_any_two_class_user():
 def test_logloss_known_values_and_clipping():
     assert logloss([1, 0], [0.5, 0.5]) == pytest.approx(math.log(2))
     assert logloss([1, 0, 1], [0.9, 0.2, 0.6]) == pytest.approx(
-        -(math.log(0.9) + math.log(0.8) + math.log(0.6)) / 3)
+        -(math.log(0.9) + math.log(0.8) + math.log(0.6)) / 3
+    )
     assert logloss([1, 0], [1.0, 0.0]) == pytest.approx(-math.log(1 - 1e-7), rel=1e-6)
     worst = logloss([1], [0.0])
     assert math.isfinite(worst) and worst == pytest.approx(-math.log(1e-7))

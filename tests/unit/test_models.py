@@ -4,6 +4,7 @@ histogram, user-ID dropout, padding invariance, save/load, CiUBM, overfitting.
 Batches are tiny random ones that follow CONTRACTS.md (B=4, T=8, l=2, n=4); each model is fed only the
 keys it declares in `required_keys()`, so the declared key lists are checked too.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,23 +21,53 @@ from training.models.simtier import fused_histogram, similarity_histogram
 
 B, T, L, N, MM = 4, 8, 2, 4, 12
 N_USERS, N_ITEMS, N_CATS = 40, 30, 5
-CFG = ModelConfig(n_users=N_USERS, n_items=N_ITEMS, n_cats=N_CATS, emb_dim=8, T=T, l=L, n=N, mm_dim=MM,
-                  mlp_dims=(16,), att_dims=(8,), n_heads=2, sim_topk=4, twin_topk=4, n_tiers=4, n_buckets=4,
-                  window=3, mask_prob=0.25, lambda_dec=0.5)
+CFG = ModelConfig(
+    n_users=N_USERS,
+    n_items=N_ITEMS,
+    n_cats=N_CATS,
+    emb_dim=8,
+    T=T,
+    l=L,
+    n=N,
+    mm_dim=MM,
+    mlp_dims=(16,),
+    att_dims=(8,),
+    n_heads=2,
+    sim_topk=4,
+    twin_topk=4,
+    n_tiers=4,
+    n_buckets=4,
+    window=3,
+    mask_prob=0.25,
+    lambda_dec=0.5,
+)
 Changes = dict[str, object]
 NO_CHANGES: Changes = {}
-DMAE_ABLATIONS: list[Changes] = [  # DMAE Table 3: w/o MIEU-se, w/o MIEU-t, w/o MIFU, w/o IDDU (two ways), all
-    {"use_mieu_se": False}, {"use_mieu_t": False}, {"use_mifu": False}, {"use_iddu": False}, {"lambda_dec": 0.0},
+DMAE_ABLATIONS: list[
+    Changes
+] = [  # DMAE Table 3: w/o MIEU-se, w/o MIEU-t, w/o MIFU, w/o IDDU (two ways), all
+    {"use_mieu_se": False},
+    {"use_mieu_t": False},
+    {"use_mifu": False},
+    {"use_iddu": False},
+    {"lambda_dec": 0.0},
     {"use_mieu_se": False, "use_mieu_t": False, "use_mifu": False, "use_iddu": False},
 ]
 VARIANTS: list[tuple[str, Changes]] = [
     *((name, NO_CHANGES) for name in model_names()),
     *(("dmae", changes) for changes in DMAE_ABLATIONS),
-    ("sim", {"sim_mode": "hard"}), ("ciubm_sim", {"sim_mode": "hard"}),
-    ("ciubm_din", {"use_id": False}), ("ciubm_din", {"use_content": False}), ("ciubm_din", {"use_fusion": False}),
-    ("ciubm_din", {"ciubm_mean": True}), ("din", {"att_softmax": True}), ("dmae", {"att_softmax": True}),
-    ("simtier", {"simtier_source": "per_modality"}), ("ciubm_simtier", {"simtier_source": "per_modality"}),
-    ("simtier", {"att_softmax": True}), ("din", {"user_dropout": 0.0}),
+    ("sim", {"sim_mode": "hard"}),
+    ("ciubm_sim", {"sim_mode": "hard"}),
+    ("ciubm_din", {"use_id": False}),
+    ("ciubm_din", {"use_content": False}),
+    ("ciubm_din", {"use_fusion": False}),
+    ("ciubm_din", {"ciubm_mean": True}),
+    ("din", {"att_softmax": True}),
+    ("dmae", {"att_softmax": True}),
+    ("simtier", {"simtier_source": "per_modality"}),
+    ("ciubm_simtier", {"simtier_source": "per_modality"}),
+    ("simtier", {"att_softmax": True}),
+    ("din", {"user_dropout": 0.0}),
 ]
 IDS = [name + "".join(f"-{k}={v}" for k, v in changes.items()) for name, changes in VARIANTS]
 
@@ -70,12 +101,21 @@ def make_batch(rng: np.random.Generator, b: int = B, lens: tuple[int, ...] = (T,
     sim_img = np.where(mask_img, rng.random((b, T)), 0.0).astype(np.float32)
     sim_txt = np.where(mask_txt, rng.random((b, T)), 0.0).astype(np.float32)
     arrays = {
-        "user": rng.integers(1, N_USERS, b), "item": item, "cat": category_of(item),
-        "hist_item": hist_item, "hist_cat": category_of(hist_item), "hist_mask": mask,
-        "sim_img": sim_img, "sim_txt": sim_txt, "sim_mask_img": mask_img, "sim_mask_txt": mask_txt,
+        "user": rng.integers(1, N_USERS, b),
+        "item": item,
+        "cat": category_of(item),
+        "hist_item": hist_item,
+        "hist_cat": category_of(hist_item),
+        "hist_mask": mask,
+        "sim_img": sim_img,
+        "sim_txt": sim_txt,
+        "sim_mask_img": mask_img,
+        "sim_mask_txt": mask_txt,
         "dist_img": interest_distribution(sim_img, mask_img, L, N),
         "dist_txt": interest_distribution(sim_txt, mask_txt, L, N),
-        "target_mm": target_mm, "hist_mm": hist_mm, "label": (rng.random(b) < 0.5).astype(np.float32),
+        "target_mm": target_mm,
+        "hist_mm": hist_mm,
+        "label": (rng.random(b) < 0.5).astype(np.float32),
     }
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
 
@@ -86,7 +126,9 @@ def perturb_padding(batch: dict, rng: np.random.Generator) -> dict:
     pad = ~batch["hist_mask"]
     ids = torch.from_numpy(rng.integers(1, N_ITEMS, pad.shape))
     out["hist_item"] = torch.where(pad, ids, batch["hist_item"])
-    out["hist_cat"] = torch.where(pad, torch.from_numpy(category_of(ids.numpy())), batch["hist_cat"])
+    out["hist_cat"] = torch.where(
+        pad, torch.from_numpy(category_of(ids.numpy())), batch["hist_cat"]
+    )
     noise = torch.from_numpy(rng.normal(size=batch["hist_mm"].shape).astype(np.float32))
     out["hist_mm"] = torch.where(pad[..., None], noise, batch["hist_mm"])
     for m in ("img", "txt"):
@@ -155,15 +197,20 @@ def test_forward_backward(name, changes, batch):
     out = model(feed(model, batch))
     assert out["logit"].shape == (B,) and torch.isfinite(out["logit"]).all()
     assert out["aux_loss"].shape == () and torch.isfinite(out["aux_loss"])
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"]) + out["aux_loss"]
+    loss = (
+        torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"])
+        + out["aux_loss"]
+    )
     loss.backward()
     unused = ("backbone.head.",) if isinstance(model, CiUBM) else ()
     if isinstance(model, CiUBM) and not model.cfg.use_id:
         unused = ("backbone.",)
     # a softmax is shift-invariant: the attention score's output bias has an exactly-zero gradient there
-    shift_invariant = {f"{mname}.score.net.{len(module.score.net) - 1}.bias"
-                       for mname, module in model.named_modules()
-                       if isinstance(module, TargetAttention) and module.softmax}
+    shift_invariant = {
+        f"{mname}.score.net.{len(module.score.net) - 1}.bias"
+        for mname, module in model.named_modules()
+        if isinstance(module, TargetAttention) and module.softmax
+    }
     for pname, param in model.named_parameters():
         if pname.startswith(unused):
             assert param.grad is None, pname
@@ -198,12 +245,21 @@ def test_save_load_round_trip(name, batch, tmp_path):
 
 def test_dmae_aux_loss_training_only(batch):
     model = build("dmae", {})
-    assert "dist_txt" in model.train().required_keys() and "dist_txt" not in model.eval().required_keys()
+    assert (
+        "dist_txt" in model.train().required_keys()
+        and "dist_txt" not in model.eval().required_keys()
+    )
     assert model.train()(batch)["aux_loss"] > 0
     assert model.eval()(batch)["aux_loss"] == 0
     assert build("dmae", {"use_iddu": False}).train()(batch)["aux_loss"] == 0
-    assert build("ciubm_dmae", {}).train()(batch)["aux_loss"] > 0  # CiUBM passes the backbone's aux loss on
-    empty = dict(batch, dist_img=torch.zeros_like(batch["dist_img"]), dist_txt=torch.zeros_like(batch["dist_txt"]))
+    assert (
+        build("ciubm_dmae", {}).train()(batch)["aux_loss"] > 0
+    )  # CiUBM passes the backbone's aux loss on
+    empty = dict(
+        batch,
+        dist_img=torch.zeros_like(batch["dist_img"]),
+        dist_txt=torch.zeros_like(batch["dist_txt"]),
+    )
     assert model.train()(empty)["aux_loss"] == 0  # all-zero P rows are left out, not NaN
 
 
@@ -220,14 +276,18 @@ def dense_band(x: torch.Tensor, mask: torch.Tensor, half_window: int) -> torch.T
     return ((pos[:, None] - pos[None, :]).abs() <= half_window).unsqueeze(0) & mask.unsqueeze(1)
 
 
-@pytest.mark.parametrize("t, half_window, block", [(8, 1, 16), (64, 5, 16), (64, 5, 8), (37, 3, 16), (10, 6, 4)])
+@pytest.mark.parametrize(
+    "t, half_window, block", [(8, 1, 16), (64, 5, 16), (64, 5, 8), (37, 3, 16), (10, 6, 4)]
+)
 def test_banded_attention_matches_dense_band(t, half_window, block):
     """The blocked banded kernel = the dense masked attention over the T x T band, outputs and gradients, at
     every real position (padded rows are unspecified and unused)."""
     torch.manual_seed(0)
     attention = MaskedAttention(8, 2)
     lens = torch.tensor([t, 0, 1, t // 2, 3, t - 1])
-    mask = (torch.arange(t)[None] < lens[:, None]) & (torch.rand(len(lens), t) < 0.8)  # holes, as img
+    mask = (torch.arange(t)[None] < lens[:, None]) & (
+        torch.rand(len(lens), t) < 0.8
+    )  # holes, as img
     mask[0] = True  # one full row
     x = torch.randn(len(lens), t, 8, requires_grad=True)
     weight = torch.randn(len(lens), t, 8) * mask.unsqueeze(-1)
@@ -240,7 +300,9 @@ def test_banded_attention_matches_dense_band(t, half_window, block):
         else:
             out = attention(x, x, dense_band(x, mask, half_window))
         (out * weight).sum().backward()
-        results.append((out[mask], x.grad.clone(), [p.grad.clone() for p in attention.parameters()]))
+        results.append(
+            (out[mask], x.grad.clone(), [p.grad.clone() for p in attention.parameters()])
+        )
     (out_f, gx_f, gp_f), (out_d, gx_d, gp_d) = results
     torch.testing.assert_close(out_f, out_d, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(gx_f, gx_d, atol=1e-5, rtol=1e-5)
@@ -265,10 +327,16 @@ def test_dmae_fast_attention_keeps_the_math(name, batch, monkeypatch):
     results = []
     for dense in (False, True):
         if dense:
-            monkeypatch.setattr(MaskedAttention, "banded",
-                                lambda self, x, mask, hw: self(x, x, dense_band(x, mask, hw)))
-            monkeypatch.setattr(MaskedAttention, "pool",
-                                lambda self, q, k, mask: self(q.unsqueeze(1), k, mask.unsqueeze(1))[:, 0])
+            monkeypatch.setattr(
+                MaskedAttention,
+                "banded",
+                lambda self, x, mask, hw: self(x, x, dense_band(x, mask, hw)),
+            )
+            monkeypatch.setattr(
+                MaskedAttention,
+                "pool",
+                lambda self, q, k, mask: self(q.unsqueeze(1), k, mask.unsqueeze(1))[:, 0],
+            )
         model.zero_grad()
         torch.manual_seed(3)  # IDDU's random mask
         out = model.train()(feed(model, batch))
@@ -302,17 +370,23 @@ def test_ciubm_content_weights_are_masked_cosines(batch):
     model = build("ciubm_avgpool", {})
     a = model.content_weights(batch)
     assert (a[~batch["hist_mask"]] == 0).all() and (a.abs() <= 1 + 1e-6).all()
-    cosine = torch.nn.functional.cosine_similarity(batch["target_mm"].unsqueeze(1), batch["hist_mm"], dim=-1)
+    cosine = torch.nn.functional.cosine_similarity(
+        batch["target_mm"].unsqueeze(1), batch["hist_mm"], dim=-1
+    )
     torch.testing.assert_close(a, cosine * batch["hist_mask"], atol=1e-6, rtol=1e-6)
     no_target = dict(batch, target_mm=torch.zeros_like(batch["target_mm"]))
-    assert (model.content_weights(no_target) == 0).all()  # an item without content adds no content interest
+    assert (
+        model.content_weights(no_target) == 0
+    ).all()  # an item without content adds no content interest
 
 
 def test_sim_hard_search_ignores_other_categories(batch):
     model = build("sim", {"sim_mode": "hard"}).eval()
     other = batch["hist_cat"] != batch["cat"][:, None]
-    changed = dict(batch, hist_item=torch.where(other, (batch["hist_item"] % (N_ITEMS - 1)) + 1,
-                                                batch["hist_item"]))
+    changed = dict(
+        batch,
+        hist_item=torch.where(other, (batch["hist_item"] % (N_ITEMS - 1)) + 1, batch["hist_item"]),
+    )
     with torch.no_grad():
         torch.testing.assert_close(model(changed)["logit"], model(batch)["logit"])
 
@@ -320,7 +394,9 @@ def test_sim_hard_search_ignores_other_categories(batch):
 def test_similarity_histogram():
     sim = torch.tensor([[0.0, 0.3, 0.99, 1.0, 0.6]])
     mask = torch.tensor([[True, True, True, True, False]])
-    torch.testing.assert_close(similarity_histogram(sim, mask, 4), torch.tensor([[0.2, 0.2, 0.0, 0.4]]))
+    torch.testing.assert_close(
+        similarity_histogram(sim, mask, 4), torch.tensor([[0.2, 0.2, 0.0, 0.4]])
+    )
 
 
 # --- DMAE: MIEU (eq. 1-4) and the Table 3 ablations ------------------------------------------------------
@@ -340,7 +416,9 @@ def test_mieu_is_concatenation_then_two_layers():
     assert code.shape == (2, t, d) and (code >= 0).all()
     with torch.no_grad():
         freqs = mieu.sincos.freqs
-        sincos = torch.cat([torch.sin(r[..., None] * freqs), torch.cos(r[..., None] * freqs)], dim=-1)
+        sincos = torch.cat(
+            [torch.sin(r[..., None] * freqs), torch.cos(r[..., None] * freqs)], dim=-1
+        )
         r_d = (0.7 * r + 0.2)[..., None] * mieu.buckets.weight[mieu.bucket(r)]
         h = torch.relu(torch.cat([r_d, sincos], -1) @ mieu.first.weight.T + mieu.first.bias)
         pe = mieu.position.weight[:t].expand(2, -1, -1)
@@ -370,13 +448,22 @@ def test_mieu_without_se_is_plain_bucketing():
 
 def test_dmae_modalities_have_separate_parameters():
     model = build("dmae", {})
-    img, txt = dict(model.mieu["img"].named_parameters()), dict(model.mieu["txt"].named_parameters())
+    img, txt = (
+        dict(model.mieu["img"].named_parameters()),
+        dict(model.mieu["txt"].named_parameters()),
+    )
     assert img.keys() == txt.keys() and all(img[k] is not txt[k] for k in img)
 
 
 def test_dmae_defaults_and_ablation_modules():
     full = ModelConfig(n_users=2, n_items=2, n_cats=2)
-    assert full.lambda_dec == 0.5 and full.use_mieu_se and full.use_mieu_t and full.use_mifu and full.use_iddu
+    assert (
+        full.lambda_dec == 0.5
+        and full.use_mieu_se
+        and full.use_mieu_t
+        and full.use_mifu
+        and full.use_iddu
+    )
     model = build("dmae", {})
     assert model.iddu["img"].decoder.out_dim == L * N
     no_t = build("dmae", {"use_mieu_t": False})
@@ -401,8 +488,11 @@ def test_dmae_without_time_axis_reconstructs_the_distribution_summed_over_slices
 
 
 # --- SimTier -------------------------------------------------------------------------------------------
-def simtier_reference(target: np.ndarray, hist: np.ndarray, mask: np.ndarray, n_tiers: int) -> np.ndarray:
-    """SimTier's histogram in plain numpy: tier counts of (cos + 1) / 2 over the real positions with content, / T."""
+def simtier_reference(
+    target: np.ndarray, hist: np.ndarray, mask: np.ndarray, n_tiers: int
+) -> np.ndarray:
+    """SimTier's histogram in plain numpy: tier counts of (cos + 1) / 2 over the real positions
+    with content, / T."""
     b, t, _ = hist.shape
     out = np.zeros((b, n_tiers))
     for row in range(b):
@@ -421,7 +511,9 @@ def test_simtier_fused_histogram_matches_numpy(batch):
     target[1] = 0  # a target without content: an empty histogram
     got = fused_histogram(target, hist, mask, 5)
     assert got.shape == (B, 5)
-    expected = simtier_reference(target.numpy().astype(np.float64), hist.numpy().astype(np.float64), mask.numpy(), 5)
+    expected = simtier_reference(
+        target.numpy().astype(np.float64), hist.numpy().astype(np.float64), mask.numpy(), 5
+    )
     torch.testing.assert_close(got, torch.from_numpy(expected).float())
     has_content = mask & (hist.abs().sum(-1) > 0)
     torch.testing.assert_close(got.sum(-1)[[0, 2, 3]], has_content.sum(-1)[[0, 2, 3]].float() / T)
@@ -437,8 +529,10 @@ def test_simtier_fused_is_the_default_and_reads_the_multimodal_vectors(batch):
     with torch.no_grad():
         h = model.interest(feed(model, batch))
     assert h.shape == (B, model.item_dim + CFG.n_tiers)
-    expected = fused_histogram(batch["target_mm"], batch["hist_mm"], batch["hist_mask"], CFG.n_tiers)
-    torch.testing.assert_close(h[:, model.item_dim:], expected)
+    expected = fused_histogram(
+        batch["target_mm"], batch["hist_mm"], batch["hist_mask"], CFG.n_tiers
+    )
+    torch.testing.assert_close(h[:, model.item_dim :], expected)
 
     per = build("simtier", {"simtier_source": "per_modality"}).eval()
     keys = set(per.required_keys())
@@ -458,11 +552,17 @@ def test_user_dropout_only_in_training():
     dropped = embeddings.train().user_index(users)
     rate = float((dropped == 0).float().mean())
     assert 0.09 < rate < 0.11
-    assert torch.equal(dropped[dropped != 0], users[dropped != 0])  # the others are left as they are
+    assert torch.equal(
+        dropped[dropped != 0], users[dropped != 0]
+    )  # the others are left as they are
     torch.manual_seed(5)
-    assert torch.equal(embeddings.user_index(users), dropped)  # reproducible under torch.manual_seed
+    assert torch.equal(
+        embeddings.user_index(users), dropped
+    )  # reproducible under torch.manual_seed
     assert torch.equal(embeddings.eval().user_index(users), users)
-    assert torch.equal(FeatureEmbeddings(CFG.replace(user_dropout=0.0)).train().user_index(users), users)
+    assert torch.equal(
+        FeatureEmbeddings(CFG.replace(user_dropout=0.0)).train().user_index(users), users
+    )
     with pytest.raises(ValueError, match="user_dropout"):
         CFG.replace(user_dropout=1.0)
 
@@ -470,7 +570,10 @@ def test_user_dropout_only_in_training():
 def test_user_dropout_trains_the_unknown_user_row(batch):
     """Row 0 (unknown user) gets gradient in training through the dropout; never in eval mode."""
     model = build("din", {"user_dropout": 0.5})
-    assert model.cfg.user_dropout == 0.5 and ModelConfig(n_users=2, n_items=2, n_cats=2).user_dropout == 0.1
+    assert (
+        model.cfg.user_dropout == 0.5
+        and ModelConfig(n_users=2, n_items=2, n_cats=2).user_dropout == 0.1
+    )
     torch.manual_seed(0)
     model.train()(batch)["logit"].sum().backward()
     assert model.embeddings.user.weight.grad[0].abs().sum() > 0
@@ -492,8 +595,9 @@ def overfit_batch(rng: np.random.Generator, b: int = 32) -> dict:
     for m in ("img", "txt"):
         sim = torch.where(same, high, low) * batch[f"sim_mask_{m}"]
         batch[f"sim_{m}"] = sim
-        batch[f"dist_{m}"] = torch.from_numpy(interest_distribution(sim.numpy(), batch[f"sim_mask_{m}"].numpy(),
-                                                                    L, N))
+        batch[f"dist_{m}"] = torch.from_numpy(
+            interest_distribution(sim.numpy(), batch[f"sim_mask_{m}"].numpy(), L, N)
+        )
     batch["label"] = same.any(dim=1).float()
     return batch
 

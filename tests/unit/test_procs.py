@@ -1,5 +1,6 @@
 """infra.procs (psutil, tenacity) and the throw-away redis-server: processes are stopped by their
 own (pid, start time), a whole tree at once, and a pid with another start time is never signalled."""
+
 import subprocess
 
 from infra.procs import Proc, poll, stop

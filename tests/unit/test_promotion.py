@@ -1,5 +1,6 @@
 """One promotion step for CTR models and content encoders (training.runs.point_link): an atomic
 symlink swap, and a real directory where the link goes is refused for both, never deleted."""
+
 import json
 
 import pytest

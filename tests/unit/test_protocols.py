@@ -1,5 +1,6 @@
 """Evaluation protocols and paired statistics: user folds are disjoint and cover every user once,
 each fold is a complete training set, and the bootstrap interval behaves."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ def test_user_folds_are_balanced_and_seeded():
     folds = user_folds(np.arange(1, 24), 5, seed=3)
     sizes = np.bincount(list(folds.values()))
     assert sizes.max() - sizes.min() <= 1 and sizes.sum() == 23
-    assert user_folds(np.arange(1, 24), 5, seed=3) == folds != user_folds(np.arange(1, 24), 5, seed=4)
+    assert (
+        user_folds(np.arange(1, 24), 5, seed=3) == folds != user_folds(np.arange(1, 24), 5, seed=4)
+    )
     with pytest.raises(ValueError):
         user_folds([1, 2], 5, seed=0)
 
@@ -65,7 +68,9 @@ def test_paired_difference_interval_separates_a_better_model_from_noise():
     strong = y * 1.0 + rng.random(4000)
     better = paired_auc_difference([Unit(users, y, strong, weak)], resamples=300)
     assert better.shown and better.low < better.mean < better.high
-    noise = paired_auc_difference([Unit(users, y, weak + 1e-3 * rng.random(4000), weak)], resamples=300)
+    noise = paired_auc_difference(
+        [Unit(users, y, weak + 1e-3 * rng.random(4000), weak)], resamples=300
+    )
     assert not noise.shown and noise.low < 0 < noise.high
 
 

@@ -2,20 +2,33 @@
 
 MLflow 3 only resolves in .venv-train: run from the platform env (`make test`), this module re-runs itself
 there (see test_loader.py) and asserts that those tests passed; the `platform` tests run in .venv."""
+
 from __future__ import annotations
 
 import importlib.util
 import json
 
 import pytest
-
-from mminterest.config import load_config
 from test_loader import HAS_PETASTORM, TRAIN_PYTHON, run_in_train_env
 
+from mminterest.config import load_config
+
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
-needs_mlflow = pytest.mark.skipif(not (HAS_MLFLOW and HAS_PETASTORM), reason="mlflow imports only in .venv-train")
-TINY = ["--epochs", "2", "--patience", "2", "--batch-size", "32", "--set", "emb_dim=8", "mlp_dims=[32]",
-        "att_dims=[16]"]
+needs_mlflow = pytest.mark.skipif(
+    not (HAS_MLFLOW and HAS_PETASTORM), reason="mlflow imports only in .venv-train"
+)
+TINY = [
+    "--epochs",
+    "2",
+    "--patience",
+    "2",
+    "--batch-size",
+    "32",
+    "--set",
+    "emb_dim=8",
+    "mlp_dims=[32]",
+    "att_dims=[16]",
+]
 
 
 @pytest.mark.skipif(HAS_PETASTORM, reason="already in the training environment")
@@ -59,15 +72,26 @@ def test_a_run_is_logged_once_registered_and_promoted_by_alias(trained_run, tmp_
     assert [m.value for m in history] == pytest.approx(metrics["valid_auc_per_epoch"])
     assert run.data.metrics["final_valid_auc"] == pytest.approx(metrics["auc"])
     assert run.data.metrics["test_auc"] == pytest.approx(metrics["test"]["auc"])
-    assert {"final_valid_gauc", "final_valid_logloss", "test_gauc", "test_logloss"} <= set(run.data.metrics)
+    assert {"final_valid_gauc", "final_valid_logloss", "test_gauc", "test_logloss"} <= set(
+        run.data.metrics
+    )
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert {"model/model.pt", "model/config.json", "model/vocab.json", "model/metrics.json"} <= artifacts
-    assert (home / "mlflow" / "artifacts").is_dir() and any((home / "mlflow" / "artifacts").rglob("model.pt"))
+    assert {
+        "model/model.pt",
+        "model/config.json",
+        "model/vocab.json",
+        "model/metrics.json",
+    } <= artifacts
+    assert (home / "mlflow" / "artifacts").is_dir() and any(
+        (home / "mlflow" / "artifacts").rglob("model.pt")
+    )
     versions = client.search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")
     assert [(str(v.version), v.run_id) for v in versions] == [(info["version"], info["run_id"])]
     assert versions[0].source.endswith("/model")
 
-    assert tracking.log_run(trained_run, home) == info  # logged again: no second run, no second version
+    assert (
+        tracking.log_run(trained_run, home) == info
+    )  # logged again: no second run, no second version
     assert len(client.search_runs([experiment.experiment_id])) == 1
     assert len(client.search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")) == 1
 
@@ -109,8 +133,12 @@ def test_platform_tracking_failure_is_a_warning_not_an_error(tmp_path, monkeypat
     cfg = load_config(home=tmp_path / "mmi")
     run = _fake_run(cfg.models_dir / "ctr" / "a", 0.7)
     promoted, _ = runs.promote(cfg, run)
-    assert promoted and cfg.model_dir.resolve() == run.resolve()  # the symlink stays the serving truth
-    assert calls == [("training.tracking", ["promote", "--run", str(run.resolve()), "--home", str(cfg.home)])]
+    assert (
+        promoted and cfg.model_dir.resolve() == run.resolve()
+    )  # the symlink stays the serving truth
+    assert calls == [
+        ("training.tracking", ["promote", "--run", str(run.resolve()), "--home", str(cfg.home)])
+    ]
     assert "mlflow tracking failed: training.tracking exited 1" in capsys.readouterr().err
 
 
@@ -135,6 +163,8 @@ def test_platform_promote_sets_the_alias_through_the_training_environment(tmp_pa
     cfg = load_config(home=tmp_path / "mmi")
     run = _fake_run(cfg.models_dir / "ctr" / "a", 0.7)
     assert runs.promote(cfg, run)[0]
-    info = json.loads((run / "mlflow.json").read_text())  # written by training.tracking in .venv-train
+    info = json.loads(
+        (run / "mlflow.json").read_text()
+    )  # written by training.tracking in .venv-train
     assert info["version"] == "1" and info["tracking_uri"].endswith("/mmi/mlflow/mlflow.db")
     assert (cfg.home / "mlflow" / "mlflow.db").exists()

@@ -1,6 +1,7 @@
 """Training runs on a synthetic training set: learning, the run directory, torchrun (DDP, gloo) against one
 process, promotion, and `mmi experiment`'s report. The petastorm-backed parts run in .venv-train (this
 module re-runs itself there from the platform env, see test_loader.py)."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,23 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
-
-from mminterest.config import REPO_ROOT, load_config
 from test_loader import HAS_PETASTORM, TRAIN_PYTHON, run_in_train_env
 
-needs_petastorm = pytest.mark.skipif(not HAS_PETASTORM, reason="petastorm imports only in .venv-train")
-FAST = ["--epochs", "3", "--batch-size", "32", "--set", "emb_dim=8", "mlp_dims=[32]", "att_dims=[16]"]
+from mminterest.config import REPO_ROOT, load_config
+
+needs_petastorm = pytest.mark.skipif(
+    not HAS_PETASTORM, reason="petastorm imports only in .venv-train"
+)
+FAST = [
+    "--epochs",
+    "3",
+    "--batch-size",
+    "32",
+    "--set",
+    "emb_dim=8",
+    "mlp_dims=[32]",
+    "att_dims=[16]",
+]
 
 
 @pytest.mark.skipif(HAS_PETASTORM, reason="already in the training environment")
@@ -40,11 +52,21 @@ def test_training_learns_and_writes_the_run_directory(root, tmp_path):
 
     train.main(["--model", "din", "--trainset", str(root), "--out", str(tmp_path / "run"), *FAST])
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} >= {"model.pt", "config.json", "vocab.json", "metrics.json",
-                                               "test_predictions.npz"}
+    assert {p.name for p in run.iterdir()} >= {
+        "model.pt",
+        "config.json",
+        "vocab.json",
+        "metrics.json",
+        "test_predictions.npz",
+    }
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["auc"] > 0.65 and metrics["test"]["auc"] > 0.65, metrics  # the label signal is learnt
-    assert set(metrics["test"]) == {"auc", "gauc", "logloss", "rows"} and metrics["test"]["rows"] == 150
+    assert metrics["auc"] > 0.65 and metrics["test"]["auc"] > 0.65, (
+        metrics
+    )  # the label signal is learnt
+    assert (
+        set(metrics["test"]) == {"auc", "gauc", "logloss", "rows"}
+        and metrics["test"]["rows"] == 150
+    )
     stored = np.load(run / "test_predictions.npz")
     again = train.evaluate(load_model(run), root, "test")
     assert np.allclose(again["score"], stored["score"], atol=1e-6)
@@ -56,19 +78,51 @@ def test_torchrun_two_processes_match_one_within_noise(root, tmp_path):
     from training import train
 
     for seed in (0, 1):
-        train.main(["--model", "din", "--trainset", str(root), "--out", str(tmp_path / f"one{seed}"),
-                    "--seed", str(seed), *FAST])
+        train.main(
+            [
+                "--model",
+                "din",
+                "--trainset",
+                str(root),
+                "--out",
+                str(tmp_path / f"one{seed}"),
+                "--seed",
+                str(seed),
+                *FAST,
+            ]
+        )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run([str(TRAIN_PYTHON.parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
-                           "training.train", "--model", "din", "--trainset", str(root), "--out",
-                           str(tmp_path / "ddp"), *FAST], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            str(TRAIN_PYTHON.parent / "torchrun"),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "training.train",
+            "--model",
+            "din",
+            "--trainset",
+            str(root),
+            "--out",
+            str(tmp_path / "ddp"),
+            *FAST,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     one = [json.loads((tmp_path / f"one{s}" / "metrics.json").read_text()) for s in (0, 1)]
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert ddp["world"] == 2 and ddp["auc"] > 0.65
     noise = abs(one[0]["auc"] - one[1]["auc"])  # seed-to-seed spread of the single-process runs
-    assert abs(ddp["auc"] - one[0]["auc"]) <= max(0.05, 2 * noise), (ddp["auc"], one[0]["auc"], noise)
+    assert abs(ddp["auc"] - one[0]["auc"]) <= max(0.05, 2 * noise), (
+        ddp["auc"],
+        one[0]["auc"],
+        noise,
+    )
 
 
 def _fake_run(path, auc):
@@ -82,7 +136,9 @@ def test_platform_promote_only_a_better_run(tmp_path):
 
     cfg = load_config(home=tmp_path / "mmi")
     ctr = cfg.models_dir / "ctr"
-    first, worse, better = (_fake_run(ctr / n, a) for n, a in (("a", 0.70), ("b", 0.69), ("c", 0.71)))
+    first, worse, better = (
+        _fake_run(ctr / n, a) for n, a in (("a", 0.70), ("b", 0.69), ("c", 0.71))
+    )
     assert runs.promote(cfg, first)[0] and cfg.model_dir.resolve() == first
     promoted, reason = runs.promote(cfg, worse)
     assert not promoted and "kept a" in reason and cfg.model_dir.resolve() == first
@@ -101,14 +157,18 @@ def test_platform_cli_train_promote_and_experiment_report(tmp_path):
     mmi = [str(REPO_ROOT / ".venv" / "bin" / "mmi")]
 
     def cli(*args):
-        return subprocess.run(mmi + list(args), env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            mmi + list(args), env=env, capture_output=True, text=True, timeout=300
+        )
 
     trained = cli("train", "--model", "dmae", "--trainset", "syn", *FAST)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert cli("promote").returncode == 0
     assert cli("promote").returncode == 99  # already promoted: nothing better
     evaluated = cli("evaluate", "--split", "test")
-    assert evaluated.returncode == 0 and "item age decile 9" in evaluated.stdout, evaluated.stderr[-2000:]
+    assert evaluated.returncode == 0 and "item age decile 9" in evaluated.stdout, evaluated.stderr[
+        -2000:
+    ]
 
     spec = tmp_path / "e.yaml"
     spec.write_text(SPEC)
@@ -116,8 +176,15 @@ def test_platform_cli_train_promote_and_experiment_report(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[14/14]" in done.stdout  # temporal 2 models x 2 seeds + 2 gbdt; 2 user folds x (2 + 2)
     report = home / "reports" / "experiments" / "e"
-    assert {p.name for p in report.iterdir()} >= {"results.md", "runs.csv", "differences.csv", "cold_start.csv",
-                                                  "auc_difference.png", "cold_start_gain.png", "spec.yaml"}
+    assert {p.name for p in report.iterdir()} >= {
+        "results.md",
+        "runs.csv",
+        "differences.csv",
+        "cold_start.csv",
+        "auc_difference.png",
+        "cold_start_gain.png",
+        "spec.yaml",
+    }
     per_run = pd.read_csv(report / "runs.csv")
     assert per_run.groupby("protocol").size().to_dict() == {"temporal": 6, "user-kfold": 8}
     assert per_run["auc"].between(0.6, 1.0).all()

@@ -1,4 +1,6 @@
-"""Vocab (dense indices, 0 = unknown, persistence) and make_batch (columns -> the CTR batch of CONTRACTS.md)."""
+"""Vocab (dense indices, 0 = unknown, persistence) and make_batch (columns -> the CTR batch of
+CONTRACTS.md)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +14,12 @@ from training.models import ModelConfig, build_model
 from training.vocab import Vocab
 
 INTERACTIONS = pd.DataFrame({"user_id": [30, 10, 30, 20], "item_id": [500, 100, 300, 100]})
-ITEMS = pd.DataFrame({"item_id": [100, 300, 500, 700],
-                      "category": ["Drama|Romance", "Action", None, "Action|Comedy"]})
+ITEMS = pd.DataFrame(
+    {
+        "item_id": [100, 300, 500, 700],
+        "category": ["Drama|Romance", "Action", None, "Action|Comedy"],
+    }
+)
 
 
 @pytest.fixture
@@ -36,7 +42,9 @@ def test_one_category_index_for_an_item_without_category(vocab):
     read online (a new item) maps through the same names, the catalogue is the fallback."""
     no_category = vocab.cat_index(["unknown", "(no genres listed)", "", None, " | "])
     assert no_category.tolist() == [3] * 5
-    assert vocab.cat_index(np.array([["Action|Drama", "Drama"], ["Sci-Fi", "unknown"]])).tolist() == [[1, 2], [0, 3]]
+    assert vocab.cat_index(
+        np.array([["Action|Drama", "Drama"], ["Sci-Fi", "unknown"]])
+    ).tolist() == [[1, 2], [0, 3]]
     # 900 is a new item (not catalogued): its online category counts; 300's None falls back to the catalogue
     assert vocab.categories(["Drama", None, "Action"], [900, 300, 100]).tolist() == [2, 1, 1]
 
@@ -63,13 +71,19 @@ def columns(vocab_ids: bool = False, flat_dist: bool = True, B: int = 3, T: int 
     hist = np.where(mask, rng.choice([100, 300, 500, 700], (B, T)), 0)
     shape = (B, 4) if flat_dist else (B, 2, 2)
     return {
-        "user_id": np.array([10, 30, 99]), "item_id": np.array([300, 700, 100]),
+        "user_id": np.array([10, 30, 99]),
+        "item_id": np.array([300, 700, 100]),
         # pandas list columns arrive as object arrays of arrays
-        "hist_item_ids": np.array(list(hist), dtype=object), "hist_mask": mask,
-        "sim_img": rng.random((B, T)) * mask, "sim_txt": rng.random((B, T)) * mask,
-        "sim_mask_img": mask, "sim_mask_txt": mask,
-        "dist_img": rng.random(shape), "dist_txt": rng.random(shape),
-        "target_mm": rng.normal(size=(B, D)), "hist_mm": rng.normal(size=(B, T, D)),
+        "hist_item_ids": np.array(list(hist), dtype=object),
+        "hist_mask": mask,
+        "sim_img": rng.random((B, T)) * mask,
+        "sim_txt": rng.random((B, T)) * mask,
+        "sim_mask_img": mask,
+        "sim_mask_txt": mask,
+        "dist_img": rng.random(shape),
+        "dist_txt": rng.random(shape),
+        "target_mm": rng.normal(size=(B, D)),
+        "hist_mm": rng.normal(size=(B, T, D)),
         "label": np.array([1, 0, 1], np.int32),
     }
 
@@ -80,9 +94,14 @@ def test_make_batch_follows_the_contract(vocab):
     assert batch["user"].tolist() == [1, 3, 0]
     assert batch["item"].tolist() == [2, 0, 1] and batch["cat"].tolist() == [1, 1, 2]
     assert batch["hist_item"].dtype == torch.long and batch["hist_mask"].dtype == torch.bool
-    assert not batch["hist_item"][~batch["hist_mask"]].any() and not batch["hist_cat"][~batch["hist_mask"]].any()
+    assert (
+        not batch["hist_item"][~batch["hist_mask"]].any()
+        and not batch["hist_cat"][~batch["hist_mask"]].any()
+    )
     hist = np.stack(cols["hist_item_ids"])
-    assert np.array_equal(batch["hist_item"].numpy(), np.where(cols["hist_mask"], vocab.item_index(hist), 0))
+    assert np.array_equal(
+        batch["hist_item"].numpy(), np.where(cols["hist_mask"], vocab.item_index(hist), 0)
+    )
     assert batch["dist_img"].shape == (3, 2, 2) and batch["dist_img"].dtype == torch.float32
     assert batch["hist_mm"].shape == (3, 4, 5) and batch["label"].dtype == torch.float32
     assert batch["label"].tolist() == [1.0, 0.0, 1.0]
@@ -94,12 +113,20 @@ def test_make_batch_takes_category_names_where_given(vocab):
     cols = columns()
     hist = np.stack(cols["hist_item_ids"])
     names = np.where(cols["hist_mask"], "Drama", None)
-    batch = make_batch({**cols, "category": np.array([None, "Drama", "(no genres listed)"], dtype=object),
-                        "hist_category": names}, vocab)
+    batch = make_batch(
+        {
+            **cols,
+            "category": np.array([None, "Drama", "(no genres listed)"], dtype=object),
+            "hist_category": names,
+        },
+        vocab,
+    )
     assert batch["cat"].tolist() == [1, 2, 3]
     assert np.array_equal(batch["hist_cat"].numpy(), np.where(cols["hist_mask"], 2, 0))
-    assert torch.equal(make_batch(cols, vocab)["hist_cat"],
-                       torch.from_numpy(np.where(cols["hist_mask"], vocab.item_cat(hist), 0)))
+    assert torch.equal(
+        make_batch(cols, vocab)["hist_cat"],
+        torch.from_numpy(np.where(cols["hist_mask"], vocab.item_cat(hist), 0)),
+    )
 
 
 def test_make_batch_without_label_and_with_missing_column(vocab):
@@ -113,9 +140,23 @@ def test_make_batch_without_label_and_with_missing_column(vocab):
 
 def test_every_model_runs_on_a_made_batch(vocab):
     batch = make_batch(columns(), vocab)
-    cfg = ModelConfig(n_users=vocab.n_users, n_items=vocab.n_items, n_cats=vocab.n_cats, emb_dim=4, T=4, l=2,
-                      n=2, mm_dim=5, mlp_dims=(8,), att_dims=(4,), sim_topk=2, twin_topk=2, n_tiers=2,
-                      n_buckets=2, window=2)
+    cfg = ModelConfig(
+        n_users=vocab.n_users,
+        n_items=vocab.n_items,
+        n_cats=vocab.n_cats,
+        emb_dim=4,
+        T=4,
+        l=2,
+        n=2,
+        mm_dim=5,
+        mlp_dims=(8,),
+        att_dims=(4,),
+        sim_topk=2,
+        twin_topk=2,
+        n_tiers=2,
+        n_buckets=2,
+        window=2,
+    )
     for name in ("din", "dmae", "ciubm_simtier"):
         out = build_model(name, cfg)(batch)
         assert out["logit"].shape == (3,) and torch.isfinite(out["logit"]).all()

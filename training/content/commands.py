@@ -13,6 +13,7 @@ cut (so their later event lies before it); the pairs whose later event is at or 
 held-out pairs that `evaluate` scores (recall@k). Pair definition: training/content/csft.py.
 Under `torchrun --nproc_per_node=P -m mminterest.cli content csft ...` the stage runs on P workers.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,9 +32,12 @@ def _frames(cfg):
     from spark_jobs.job import require
 
     require(cfg, "items", "interactions")
-    items = DeltaTable(cfg.table("items")).to_pandas(columns=["item_id", "text", "category", "image_path"])
+    items = DeltaTable(cfg.table("items")).to_pandas(
+        columns=["item_id", "text", "category", "image_path"]
+    )
     interactions = DeltaTable(cfg.table("interactions")).to_pandas(
-        columns=["user_id", "item_id", "event_ts", "rating", "label"])
+        columns=["user_id", "item_id", "event_ts", "rating", "label"]
+    )
     interactions["event_ts"] = pd.to_datetime(interactions["event_ts"], utc=True)
     return items, interactions
 
@@ -45,7 +49,9 @@ def resolve_encoder(cfg, ref: str | Path | None) -> Path | None:
     for path in (Path(ref), cfg.models_dir / CONTENT / str(ref)):
         if (path / "config.json").is_file():
             return path.resolve()
-    raise FileNotFoundError(f"no saved encoder at {ref} (nor {cfg.models_dir / CONTENT / str(ref)})")
+    raise FileNotFoundError(
+        f"no saved encoder at {ref} (nor {cfg.models_dir / CONTENT / str(ref)})"
+    )
 
 
 def _stage(args) -> int:
@@ -70,8 +76,10 @@ def _stage(args) -> int:
     if final.exists():  # same weights saved before, or a re-evaluation: keep the newest files
         shutil.rmtree(final)
     staging.rename(final)
-    print(f"content {args.stage}: encoder {summary['encoder_version']} (from {args.ckpt or 'base encoder'}), "
-          f"time cut {cut}, written {final}")
+    print(
+        f"content {args.stage}: encoder {summary['encoder_version']} (from {args.ckpt or 'base encoder'}), "
+        f"time cut {cut}, written {final}"
+    )
     return 0
 
 
@@ -109,13 +117,18 @@ def compare(cfg, a: str, b: str, resamples: int = 1000) -> str:
     for ref in (a, b):
         path = cfg.reports_dir / CONTENT / ref / "interest_hits.parquet"
         if not path.is_file():
-            raise FileNotFoundError(f"no per-pair hits at {path}; run `mmi content evaluate --ckpt {ref}` first")
+            raise FileNotFoundError(
+                f"no per-pair hits at {path}; run `mmi content evaluate --ckpt {ref}` first"
+            )
         frames.append(pd.read_parquet(path))
     keys = ["user_id", "query_item", "pos_item"]
     both = frames[0].merge(frames[1], on=keys, suffixes=("_a", "_b"))
     d = paired_mean_difference(both["hit_a"], both["hit_b"], both["user_id"], resamples)
-    return (f"interest recall {a} {both['hit_a'].mean():.4f} - {b} {both['hit_b'].mean():.4f} = {d.text()} "
-            f"over {len(both):,} pairs of {both['user_id'].nunique():,} users: {'shown' if d.shown else 'not shown'}")
+    return (
+        f"interest recall {a} {both['hit_a'].mean():.4f} - {b} {both['hit_b'].mean():.4f} = {d.text()} "
+        f"over {len(both):,} pairs of {both['user_id'].nunique():,} users: "
+        f"{'shown' if d.shown else 'not shown'}"
+    )
 
 
 def _compare(args) -> int:
@@ -131,11 +144,16 @@ def _compare(args) -> int:
 def register(sub) -> None:
     from training.content.cli import add_options
 
-    content = sub.add_parser("content", help="content encoders: pre-training, C-SFT, evaluation, promotion")
+    content = sub.add_parser(
+        "content", help="content encoders: pre-training, C-SFT, evaluation, promotion"
+    )
     stages = content.add_subparsers(dest="stage", required=True)
-    helps = {"pretrain": "DDA + DMA on the items table -> models/content/<version>",
-             "csft": "C-SFT on interest pairs before the time cut -> models/content/<version>",
-             "evaluate": "recall@k of held-out interest pairs and image-text retrieval -> reports/content/<version>"}
+    helps = {
+        "pretrain": "DDA + DMA on the items table -> models/content/<version>",
+        "csft": "C-SFT on interest pairs before the time cut -> models/content/<version>",
+        "evaluate": "recall@k of held-out interest pairs and image-text retrieval "
+        "-> reports/content/<version>",
+    }
     for stage, text in helps.items():
         parser = stages.add_parser(stage, help=text)
         add_options(parser)
@@ -143,7 +161,9 @@ def register(sub) -> None:
     parser = stages.add_parser("promote", help="make cfg.encoder_dir point at a saved encoder")
     parser.add_argument("encoder", help="encoder folder or version under models/content")
     parser.set_defaults(func=_promote)
-    parser = stages.add_parser("compare", help="interest recall of evaluated encoder A minus B, 95%% CI over users")
+    parser = stages.add_parser(
+        "compare", help="interest recall of evaluated encoder A minus B, 95%% CI over users"
+    )
     parser.add_argument("a", help="encoder version (evaluated)")
     parser.add_argument("b", help="encoder version (evaluated)")
     parser.set_defaults(func=_compare)

@@ -30,6 +30,7 @@ last k batches (2NP(k+1)-1 negatives per query). The queue keeps backbone featur
 current heads, and candidate slots holding the query's own positive item or the query item itself
 are masked (see losses.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,11 +43,11 @@ import torch
 from tqdm import tqdm
 
 from mminterest.schemas import category
-from training.distributed import broadcast_module, rank, shard_order, world_size
 from training.content.encoders import MultimodalEncoder
 from training.content.items import ItemTable
 from training.content.losses import NegativeQueue, csft_loss
 from training.content.trainer import OptimConfig, Progress, make_optimizer, optimizer_step
+from training.distributed import broadcast_module, rank, shard_order, world_size
 
 log = logging.getLogger(__name__)
 DAY = 86400.0
@@ -82,8 +83,9 @@ class PairConfig:
 
 def top_events(interactions: pd.DataFrame, cfg: PairConfig) -> pd.DataFrame:
     """The top-of-scale events (user_id, item_id, event_ts, _t seconds), sorted by (user, _t, item)."""
-    frame = interactions[["user_id", "item_id", "event_ts"] +
-                         (["rating"] if "rating" in interactions else ["label"])].copy()
+    frame = interactions[
+        ["user_id", "item_id", "event_ts"] + (["rating"] if "rating" in interactions else ["label"])
+    ].copy()
     if "rating" in frame:
         rating = frame["rating"].astype("float64")
         own = rating.groupby(frame["user_id"]).transform(lambda r: r.quantile(cfg.user_quantile))
@@ -102,7 +104,9 @@ def mine_interest_pairs(interactions: pd.DataFrame, cfg: PairConfig = PairConfig
     users, t = top["user_id"].to_numpy(), top["_t"].to_numpy()
     rng = np.random.default_rng(cfg.seed)
     firsts, seconds = [], []
-    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True]) if len(top) else np.array([0])
+    bounds = (
+        np.flatnonzero(np.r_[True, users[1:] != users[:-1], True]) if len(top) else np.array([0])
+    )
     for lo_u, hi_u in zip(bounds[:-1], bounds[1:]):
         tt = t[lo_u:hi_u]
         lo = np.searchsorted(tt, tt - cfg.window_days * DAY, side="left")
@@ -111,30 +115,49 @@ def mine_interest_pairs(interactions: pd.DataFrame, cfg: PairConfig = PairConfig
         me = np.flatnonzero(others > 0)
         if not len(me) or cfg.partners <= 0:
             continue
-        draw = (rng.random((len(me), cfg.partners)) * others[me, None]).astype(np.int64) + lo[me, None]
+        draw = (rng.random((len(me), cfg.partners)) * others[me, None]).astype(np.int64) + lo[
+            me, None
+        ]
         own = np.arange(len(tt))[me, None]
         draw += draw >= own  # skip the event itself
         firsts.append(lo_u + np.minimum(own, draw).ravel())
         seconds.append(lo_u + np.maximum(own, draw).ravel())
     if not firsts:
-        return pd.DataFrame({"user_id": pd.Series(dtype="int64"), "query_item": pd.Series(dtype="int64"),
-                             "pos_item": pd.Series(dtype="int64"), "event_ts": top["event_ts"].iloc[0:0]})
+        return pd.DataFrame(
+            {
+                "user_id": pd.Series(dtype="int64"),
+                "query_item": pd.Series(dtype="int64"),
+                "pos_item": pd.Series(dtype="int64"),
+                "event_ts": top["event_ts"].iloc[0:0],
+            }
+        )
     a, b = np.concatenate(firsts), np.concatenate(seconds)
     items = top["item_id"].to_numpy()
-    pairs = pd.DataFrame({"user_id": users[b].astype("int64"), "query_item": items[a].astype("int64"),
-                          "pos_item": items[b].astype("int64"), "event_ts": top["event_ts"].to_numpy()[b],
-                          "_order": b})
+    pairs = pd.DataFrame(
+        {
+            "user_id": users[b].astype("int64"),
+            "query_item": items[a].astype("int64"),
+            "pos_item": items[b].astype("int64"),
+            "event_ts": top["event_ts"].to_numpy()[b],
+            "_order": b,
+        }
+    )
     pairs = pairs.loc[pairs["query_item"] != pairs["pos_item"]]
-    pairs = pairs.drop_duplicates(["user_id", "query_item", "pos_item"]).sort_values(["_order", "query_item"])
+    pairs = pairs.drop_duplicates(["user_id", "query_item", "pos_item"]).sort_values(
+        ["_order", "query_item"]
+    )
     return pairs.drop(columns="_order").reset_index(drop=True)
 
 
-def split_interest_pairs(interactions: pd.DataFrame, cut, cfg: PairConfig = PairConfig()
-                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_interest_pairs(
+    interactions: pd.DataFrame, cut, cfg: PairConfig = PairConfig()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training pairs mined from the events before `cut` only, held-out pairs whose later event is at
     or after `cut`, mined from all events). `cut`: a Timestamp or epoch seconds; None = no held-out."""
     if cut is None:
-        return mine_interest_pairs(interactions, cfg), mine_interest_pairs(interactions.iloc[0:0], cfg)
+        return mine_interest_pairs(interactions, cfg), mine_interest_pairs(
+            interactions.iloc[0:0], cfg
+        )
     t, cut_s = _epoch_seconds(interactions["event_ts"]), _seconds(cut)
     train = mine_interest_pairs(interactions.loc[t < cut_s], cfg)
     every = mine_interest_pairs(interactions, cfg)
@@ -150,7 +173,10 @@ def hard_negatives(pairs: pd.DataFrame, items: pd.DataFrame, seed: int = 0) -> n
     cats = items.drop_duplicates("item_id").set_index("item_id")["category"].map(category)
     all_ids = cats.index.to_numpy(dtype=np.int64)
     pair_cat = pairs["pos_item"].map(cats).fillna("\0none").to_numpy()
-    pos_ids, query_ids = pairs["pos_item"].to_numpy(np.int64), pairs["query_item"].to_numpy(np.int64)
+    pos_ids, query_ids = (
+        pairs["pos_item"].to_numpy(np.int64),
+        pairs["query_item"].to_numpy(np.int64),
+    )
     out = np.empty(len(pairs), dtype=np.int64)
     rng = np.random.default_rng(seed)
     by_cat = {c: g.index.to_numpy(dtype=np.int64) for c, g in cats.groupby(cats, sort=True)}
@@ -160,8 +186,13 @@ def hard_negatives(pairs: pd.DataFrame, items: pd.DataFrame, seed: int = 0) -> n
     return out
 
 
-def _draw(pool: np.ndarray, pos: np.ndarray, query: np.ndarray, fallback: np.ndarray,
-          rng: np.random.Generator) -> np.ndarray:
+def _draw(
+    pool: np.ndarray,
+    pos: np.ndarray,
+    query: np.ndarray,
+    fallback: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
     picked = pool[rng.integers(len(pool), size=len(pos))]
     for _ in range(20):  # redraw collisions with the pair's own items
         bad = np.flatnonzero((picked == pos) | (picked == query))
@@ -183,9 +214,15 @@ class CsftConfig:
     alpha: float = 0.5  # weight of L_q2txt
     beta: float = 0.5  # weight of L_q2img
     temperature: float = 0.07
-    cached_features: bool = True  # frozen backbones, features computed once, heads train (CPU); False = full
-    requeue_features: bool = True  # queue backbone features, re-embedded by the current heads (no drift)
-    mask_false_negatives: bool = True  # drop candidate slots holding the positive's / query's own item
+    cached_features: bool = (
+        True  # frozen backbones, features computed once, heads train (CPU); False = full
+    )
+    requeue_features: bool = (
+        True  # queue backbone features, re-embedded by the current heads (no drift)
+    )
+    mask_false_negatives: bool = (
+        True  # drop candidate slots holding the positive's / query's own item
+    )
     max_steps: int = 0  # per epoch; 0 = all pairs
     seed: int = 7
     log_every: int = 100
@@ -195,12 +232,17 @@ class CsftConfig:
 def _pair_batches(n_pairs: int, cfg: CsftConfig, epoch: int) -> list[np.ndarray]:
     """This worker's share of the pairs in full batches only (so N is the same on every rank)."""
     order = shard_order(n_pairs, cfg.seed, epoch, drop_last=True)
-    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
-    return batches[:cfg.max_steps] if cfg.max_steps > 0 else batches
+    batches = [
+        order[i : i + cfg.batch_size]
+        for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)
+    ]
+    return batches[: cfg.max_steps] if cfg.max_steps > 0 else batches
 
 
 @torch.no_grad()
-def backbone_features(encoder: MultimodalEncoder, table: ItemTable, batch_size: int = 64) -> dict[str, torch.Tensor]:
+def backbone_features(
+    encoder: MultimodalEncoder, table: ItemTable, batch_size: int = 64
+) -> dict[str, torch.Tensor]:
     """Pooled backbone outputs of every item of `table`, row-aligned: txt_feat, img_feat, img_mask
     (eval mode: no dropout, BatchNorm statistics as stored)."""
     was_training = encoder.training
@@ -208,8 +250,14 @@ def backbone_features(encoder: MultimodalEncoder, table: ItemTable, batch_size: 
     start = time.time()
     parts: dict[str, list[torch.Tensor]] = {"txt_feat": [], "img_feat": [], "img_mask": []}
     try:
-        for lo in tqdm(range(0, len(table), batch_size), desc="csft: backbone features", unit="batch",
-                       leave=False, disable=rank() != 0, mininterval=2.0):
+        for lo in tqdm(
+            range(0, len(table), batch_size),
+            desc="csft: backbone features",
+            unit="batch",
+            leave=False,
+            disable=rank() != 0,
+            mininterval=2.0,
+        ):
             feats = encoder.features(*table.batch(range(lo, min(lo + batch_size, len(table)))))
             for key in parts:
                 parts[key].append(feats[key])
@@ -218,12 +266,19 @@ def backbone_features(encoder: MultimodalEncoder, table: ItemTable, batch_size: 
     out = {key: torch.cat(vals) for key, vals in parts.items()}
     secs = time.time() - start
     if rank() == 0:
-        log.info("csft: backbone features of %d items (%d images) cached in %.1fs (%.1f items/s)", len(table),
-                 int(out["img_mask"].sum()), secs, len(table) / max(secs, 1e-9))
+        log.info(
+            "csft: backbone features of %d items (%d images) cached in %.1fs (%.1f items/s)",
+            len(table),
+            int(out["img_mask"].sum()),
+            secs,
+            len(table) / max(secs, 1e-9),
+        )
     return out
 
 
-def train_csft(encoder: MultimodalEncoder, items: pd.DataFrame, pairs: pd.DataFrame, cfg: CsftConfig) -> dict:
+def train_csft(
+    encoder: MultimodalEncoder, items: pd.DataFrame, pairs: pd.DataFrame, cfg: CsftConfig
+) -> dict:
     """Fine-tune `encoder` in place on (query_item, pos_item) pairs; returns a summary dict.
 
     cfg.cached_features: only the heads train, on backbone features computed once per item; else every
@@ -234,7 +289,9 @@ def train_csft(encoder: MultimodalEncoder, items: pd.DataFrame, pairs: pd.DataFr
     known = table.contains(pairs["query_item"]) & table.contains(pairs["pos_item"])
     usable = pairs.loc[known].reset_index(drop=True)
     if len(usable) < cfg.batch_size * world_size():
-        raise ValueError(f"{len(usable)} usable pairs: fewer than one batch of {cfg.batch_size} per worker")
+        raise ValueError(
+            f"{len(usable)} usable pairs: fewer than one batch of {cfg.batch_size} per worker"
+        )
     broadcast_module(encoder)
     cache = backbone_features(encoder, table) if cfg.cached_features else None
     optimizer = make_optimizer(encoder, cfg.optim, parts=("heads",) if cache is not None else None)
@@ -254,16 +311,27 @@ def train_csft(encoder: MultimodalEncoder, items: pd.DataFrame, pairs: pd.DataFr
             rows = np.concatenate([q_rows[idx], p_rows[idx], negs[idx]])
             if cache is not None:
                 feats = {key: value[torch.from_numpy(rows)] for key, value in cache.items()}
-                out = {**feats, **encoder.heads(feats["txt_feat"], feats["img_feat"], feats["img_mask"])}
+                out = {
+                    **feats,
+                    **encoder.heads(feats["txt_feat"], feats["img_feat"], feats["img_mask"]),
+                }
             else:  # encode each distinct item of the step once (popular items recur in a step)
                 uniq, inverse = np.unique(rows, return_inverse=True)
                 out = encoder.encode(*table.batch(uniq))
                 out = {k: v[torch.from_numpy(inverse)] for k, v in out.items()}
             if cfg.mask_false_negatives:
                 out["item_id"] = torch.from_numpy(table.item_ids[rows])
-            q, p, ng = ({k: v[i * n:(i + 1) * n] for k, v in out.items()} for i in range(3))
-            loss, last = csft_loss(q, p, ng, queue, cfg.alpha, cfg.beta, cfg.temperature,
-                                   heads=encoder.heads if cfg.requeue_features else None)
+            q, p, ng = ({k: v[i * n : (i + 1) * n] for k, v in out.items()} for i in range(3))
+            loss, last = csft_loss(
+                q,
+                p,
+                ng,
+                queue,
+                cfg.alpha,
+                cfg.beta,
+                cfg.temperature,
+                heads=encoder.heads if cfg.requeue_features else None,
+            )
             optimizer_step(loss, optimizer, cfg.optim.grad_clip)
             first = last["loss"] if first is None else first
             steps += 1
@@ -271,17 +339,42 @@ def train_csft(encoder: MultimodalEncoder, items: pd.DataFrame, pairs: pd.DataFr
             progress.update(last["loss"], f"negatives {last['n_negatives']}")
         epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
         if rank() == 0:
-            log.info("csft epoch %d/%d: %d steps x %d pairs, mean loss %.4f, %.1fs", epoch + 1, cfg.epochs,
-                     len(batches), cfg.batch_size, epoch_losses[-1], progress.seconds)
+            log.info(
+                "csft epoch %d/%d: %d steps x %d pairs, mean loss %.4f, %.1fs",
+                epoch + 1,
+                cfg.epochs,
+                len(batches),
+                cfg.batch_size,
+                epoch_losses[-1],
+                progress.seconds,
+            )
     encoder.eval()
-    summary = {"stage": "csft", "mode": "cached features, heads only" if cache is not None else "full",
-               "pairs_in": len(pairs), "pairs_used": len(usable), "workers": world_size(),
-               "epochs": cfg.epochs, "steps": steps, "n_negatives": last.get("n_negatives"),
-               "first_loss": first, "last_loss": last.get("loss"), "epoch_loss": epoch_losses,
-               "seconds": round(time.time() - start, 1)}
+    summary = {
+        "stage": "csft",
+        "mode": "cached features, heads only" if cache is not None else "full",
+        "pairs_in": len(pairs),
+        "pairs_used": len(usable),
+        "workers": world_size(),
+        "epochs": cfg.epochs,
+        "steps": steps,
+        "n_negatives": last.get("n_negatives"),
+        "first_loss": first,
+        "last_loss": last.get("loss"),
+        "epoch_loss": epoch_losses,
+        "seconds": round(time.time() - start, 1),
+    }
     if rank() == 0:
-        log.info("csft done (%s): %d pairs (%d usable), %d worker(s), %d steps, %s negatives/query, "
-                 "loss %.4f -> %.4f, %.1fs", summary["mode"], summary["pairs_in"], summary["pairs_used"],
-                 summary["workers"], steps, summary["n_negatives"], first or float("nan"),
-                 last.get("loss", float("nan")), summary["seconds"])
+        log.info(
+            "csft done (%s): %d pairs (%d usable), %d worker(s), %d steps, %s negatives/query, "
+            "loss %.4f -> %.4f, %.1fs",
+            summary["mode"],
+            summary["pairs_in"],
+            summary["pairs_used"],
+            summary["workers"],
+            steps,
+            summary["n_negatives"],
+            first or float("nan"),
+            last.get("loss", float("nan")),
+            summary["seconds"],
+        )
     return summary

@@ -4,6 +4,7 @@ TFN fusion (MIM): h = MLP(vec([h_img; 1] outer [h_txt; 1])). A missing image use
 outer product still carries the text terms and the constant.
 Saved as `encoder.pt` (state_dict) + `config.json` + `tokenizer/`; loaded with weights_only=True.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,13 +42,17 @@ class EncoderConfig:
     text_trainable_layers: int = 1  # top encoder layers that train; -1 = all, 0 = projection only
     tiny_text_hidden: int = 32
     tiny_text_layers: int = 2
-    image_source: str = EFFICIENTNET_LITE0  # | "vit" (small seeded ViT below) | local ViT checkpoint folder
+    image_source: str = (
+        EFFICIENTNET_LITE0  # | "vit" (small seeded ViT below) | local ViT checkpoint folder
+    )
     image_size: int | None = None  # input pixels (square); None = the source's default
     image_patch: int = 8  # image_patch / hidden / layers / heads: the seeded ViT only
     image_hidden: int = 128
     image_layers: int = 4
     image_heads: int = 4
-    image_trainable_layers: int | None = None  # top layers / blocks that train; -1 = all, 0 = projection only
+    image_trainable_layers: int | None = (
+        None  # top layers / blocks that train; -1 = all, 0 = projection only
+    )
     fusion_hidden: int = 256
     dropout: float = 0.1
 
@@ -74,16 +79,28 @@ class MultimodalEncoder(nn.Module):
         self.image = image
         self.text_proj = nn.Linear(text.hidden_size, cfg.dim)
         self.image_proj = nn.Linear(image.hidden_size, cfg.dim)
-        self.fusion = nn.Sequential(nn.Linear((cfg.dim + 1) ** 2, cfg.fusion_hidden), nn.GELU(),
-                                    nn.Dropout(cfg.dropout), nn.Linear(cfg.fusion_hidden, cfg.dim))
+        self.fusion = nn.Sequential(
+            nn.Linear((cfg.dim + 1) ** 2, cfg.fusion_hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.fusion_hidden, cfg.dim),
+        )
         self.set_trainable()
 
     @classmethod
-    def build(cls, cfg: EncoderConfig) -> "MultimodalEncoder":
+    def build(cls, cfg: EncoderConfig) -> MultimodalEncoder:
         """Towers from their sources (local folders only); projections and fusion freshly initialised."""
-        text = TextTower.build(cfg.text_source, cfg.text_max_len, cfg.tiny_text_hidden, cfg.tiny_text_layers)
-        image = ImageTower.build(cfg.image_source, cfg.input_size, cfg.image_patch, cfg.image_hidden,
-                                 cfg.image_layers, cfg.image_heads)
+        text = TextTower.build(
+            cfg.text_source, cfg.text_max_len, cfg.tiny_text_hidden, cfg.tiny_text_layers
+        )
+        image = ImageTower.build(
+            cfg.image_source,
+            cfg.input_size,
+            cfg.image_patch,
+            cfg.image_hidden,
+            cfg.image_layers,
+            cfg.image_heads,
+        )
         return cls(cfg, text, image)
 
     def set_trainable(self) -> None:
@@ -95,8 +112,10 @@ class MultimodalEncoder(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by part: text backbone, image backbone, heads (projections + fusion)."""
+
         def trainable(module: nn.Module) -> list[nn.Parameter]:
             return [p for p in module.parameters() if p.requires_grad]
+
         heads = trainable(self.text_proj) + trainable(self.image_proj) + trainable(self.fusion)
         return {"text": trainable(self.text), "image": trainable(self.image), "heads": heads}
 
@@ -140,11 +159,18 @@ class MultimodalEncoder(nn.Module):
             img_feat = img_feat.index_copy(0, img_mask.nonzero().squeeze(1), present)
         return {"txt_feat": txt_feat, "img_feat": img_feat, "img_mask": img_mask}
 
-    def heads(self, txt_feat: torch.Tensor, img_feat: torch.Tensor, img_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def heads(
+        self, txt_feat: torch.Tensor, img_feat: torch.Tensor, img_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Projections + TFN on backbone features: img (zero rows where no image), img_mask, txt, fused."""
         txt = F.normalize(self.text_proj(txt_feat), dim=-1)
         img = F.normalize(self.image_proj(img_feat), dim=-1) * img_mask.unsqueeze(-1).to(txt.dtype)
-        return {"img": img, "img_mask": img_mask, "txt": txt, "fused": self.fuse(img, img_mask, txt)}
+        return {
+            "img": img,
+            "img_mask": img_mask,
+            "txt": txt,
+            "fused": self.fuse(img, img_mask, txt),
+        }
 
     def encode(self, texts: list[str], images: list) -> dict[str, torch.Tensor]:
         """With gradients: img, img_mask, txt, fused (see `heads`) plus the backbone features."""
@@ -160,15 +186,22 @@ class MultimodalEncoder(nn.Module):
         parts: dict[str, list[np.ndarray]] = {"img": [], "img_mask": [], "txt": [], "fused": []}
         try:
             for start in range(0, len(texts), batch_size):
-                out = self.encode(list(texts[start:start + batch_size]), list(images[start:start + batch_size]))
+                out = self.encode(
+                    list(texts[start : start + batch_size]),
+                    list(images[start : start + batch_size]),
+                )
                 for key in parts:
                     parts[key].append(out[key].cpu().numpy())
         finally:
             self.train(was_training)
         if not parts["txt"]:
             d = self.cfg.dim
-            return {"img": np.zeros((0, d), np.float32), "img_mask": np.zeros(0, bool),
-                    "txt": np.zeros((0, d), np.float32), "fused": np.zeros((0, d), np.float32)}
+            return {
+                "img": np.zeros((0, d), np.float32),
+                "img_mask": np.zeros(0, bool),
+                "txt": np.zeros((0, d), np.float32),
+                "fused": np.zeros((0, d), np.float32),
+            }
         out_np = {key: np.concatenate(vals) for key, vals in parts.items()}
         for key in ("img", "txt", "fused"):
             out_np[key] = out_np[key].astype(np.float32, copy=False)
@@ -193,25 +226,35 @@ class MultimodalEncoder(nn.Module):
         version = self.encoder_version()
         torch.save(self.state_dict(), out / WEIGHTS)
         self.text.tokenizer.save_pretrained(out / TOKENIZER)
-        meta = {"format": 1, "arch": ARCH, "version": version, "encoder": dataclasses.asdict(self.cfg),
-                "text_backbone": self.text.backbone_config(), "image_backbone": self.image.backbone_config()}
+        meta = {
+            "format": 1,
+            "arch": ARCH,
+            "version": version,
+            "encoder": dataclasses.asdict(self.cfg),
+            "text_backbone": self.text.backbone_config(),
+            "image_backbone": self.image.backbone_config(),
+        }
         (out / CONFIG).write_text(json.dumps(meta, indent=1, sort_keys=True))
         return version
 
     @classmethod
-    def load(cls, directory: str | Path) -> "MultimodalEncoder":
+    def load(cls, directory: str | Path) -> MultimodalEncoder:
         """Rebuild from config.json, load weights with weights_only=True, check the stored version."""
         src = Path(directory)
         meta = json.loads((src / CONFIG).read_text())
         if meta.get("arch") != ARCH:
-            raise ValueError(f"{src}: encoder arch {meta.get('arch')} saved, this code is arch {ARCH}")
+            raise ValueError(
+                f"{src}: encoder arch {meta.get('arch')} saved, this code is arch {ARCH}"
+            )
         cfg = EncoderConfig(**meta["encoder"])
         text = TextTower.from_saved(meta["text_backbone"], src / TOKENIZER, cfg.text_max_len)
         image = ImageTower.from_saved(meta["image_backbone"])
         model = cls(cfg, text, image)
         model.load_state_dict(torch.load(src / WEIGHTS, map_location="cpu", weights_only=True))
         if model.encoder_version() != meta["version"]:
-            raise ValueError(f"{src}: weights do not match the recorded encoder_version {meta['version']}")
+            raise ValueError(
+                f"{src}: weights do not match the recorded encoder_version {meta['version']}"
+            )
         return model
 
 
@@ -224,6 +267,11 @@ def base_encoder(cfg: EncoderConfig | None = None, seed: int = 7) -> MultimodalE
 
 
 def load_or_base(directory: str | Path, seed: int = 7) -> MultimodalEncoder:
-    """The encoder saved in `directory` (a folder or a symlink to one) if there is one, else the base encoder."""
+    """The encoder saved in `directory` (a folder or a symlink to one) if there is one, else the
+    base encoder."""
     path = Path(directory)
-    return MultimodalEncoder.load(path).eval() if (path / CONFIG).is_file() else base_encoder(seed=seed)
+    return (
+        MultimodalEncoder.load(path).eval()
+        if (path / CONFIG).is_file()
+        else base_encoder(seed=seed)
+    )

@@ -1,4 +1,5 @@
 """Image preprocessing with PIL + numpy: RGB, square resize, uint8 arrays; bad images -> None."""
+
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
+
 
 def _is_missing(value) -> bool:
     if value is None:

@@ -1,4 +1,5 @@
 """ItemTable: an item catalogue (pandas) with its images decoded once, for the training loops."""
+
 from __future__ import annotations
 
 import logging
@@ -25,20 +26,29 @@ class ItemTable:
     index: dict[int, int]
 
     @classmethod
-    def from_frame(cls, items: pd.DataFrame, image_size: int) -> "ItemTable":
+    def from_frame(cls, items: pd.DataFrame, image_size: int) -> ItemTable:
         """items: item_id, text, optional category and image_path (None / NaN = no image)."""
         start = time.time()
         frame = items.drop_duplicates("item_id").reset_index(drop=True)
         ids = frame["item_id"].astype("int64").to_numpy()
         texts = frame["text"].fillna("").astype(str).tolist()
-        cats = (frame["category"].map(category) if "category" in frame
-                else pd.Series([UNKNOWN_CATEGORY] * len(frame))).to_numpy()
+        cats = (
+            frame["category"].map(category)
+            if "category" in frame
+            else pd.Series([UNKNOWN_CATEGORY] * len(frame))
+        ).to_numpy()
         paths = frame["image_path"].tolist() if "image_path" in frame else [None] * len(frame)
         images = [load_image(p, image_size) for p in paths]
         declared = sum(p is not None and p == p for p in paths)
         loaded = sum(img is not None for img in images)
-        log.info("items: %d rows, %d images loaded (%d declared, %d unreadable) in %.1fs",
-                 len(ids), loaded, declared, declared - loaded, time.time() - start)
+        log.info(
+            "items: %d rows, %d images loaded (%d declared, %d unreadable) in %.1fs",
+            len(ids),
+            loaded,
+            declared,
+            declared - loaded,
+            time.time() - start,
+        )
         return cls(ids, texts, cats, images, {int(i): r for r, i in enumerate(ids)})
 
     def __len__(self) -> int:

@@ -18,6 +18,7 @@ this drove the loss back to chance and halved recall. Given `heads`, the queue i
 candidates' backbone features and re-embeds them with the current projections + TFN each step
 (gradients included), so only the slowly trained backbone layers are stale.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -35,13 +36,20 @@ ITEM_ID = "item_id"
 Heads = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
-def info_nce(query: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor, temperature: float,
-             valid: torch.Tensor | None = None) -> torch.Tensor:
+def info_nce(
+    query: torch.Tensor,
+    candidates: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean cross-entropy of query i picking candidates[positive[i]]; `valid` (M,) or (B, M) masks
     candidates (the positive must stay valid)."""
     logits = query @ candidates.t() / temperature
     if valid is not None:
-        logits = logits.masked_fill(~(valid if valid.dim() == 2 else valid.unsqueeze(0)), float("-inf"))
+        logits = logits.masked_fill(
+            ~(valid if valid.dim() == 2 else valid.unsqueeze(0)), float("-inf")
+        )
     return F.cross_entropy(logits, positive)
 
 
@@ -94,11 +102,15 @@ class NegativeQueue:
         return {key: torch.cat([b[key] for b in self._batches]) for key in self._batches[0]}
 
 
-def _cat_keys(current: dict[str, torch.Tensor], past: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+def _cat_keys(
+    current: dict[str, torch.Tensor], past: dict[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
     if past is None:
         return current
     if set(past) != set(current):
-        raise ValueError("queue and batch hold different keys: pass item_id / heads on every step or never")
+        raise ValueError(
+            "queue and batch hold different keys: pass item_id / heads on every step or never"
+        )
     return {key: torch.cat([current[key], past[key]]) for key in current}
 
 
@@ -107,15 +119,23 @@ def _not_false_negative(query_ids: torch.Tensor, cand_ids: torch.Tensor) -> torc
     item (except its own positive slot i), and not the query item itself."""
     n = query_ids.shape[0]
     pos_ids = cand_ids[:n]
-    keep = (cand_ids.unsqueeze(0) != pos_ids.unsqueeze(1)) & (cand_ids.unsqueeze(0) != query_ids.unsqueeze(1))
+    keep = (cand_ids.unsqueeze(0) != pos_ids.unsqueeze(1)) & (
+        cand_ids.unsqueeze(0) != query_ids.unsqueeze(1)
+    )
     keep[torch.arange(n), torch.arange(n)] = True
     return keep
 
 
-def csft_loss(query: dict[str, torch.Tensor], positive: dict[str, torch.Tensor],
-              negative: dict[str, torch.Tensor], queue: NegativeQueue | None, alpha: float = 0.5,
-              beta: float = 0.5, temperature: float = 0.07,
-              heads: Heads | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def csft_loss(
+    query: dict[str, torch.Tensor],
+    positive: dict[str, torch.Tensor],
+    negative: dict[str, torch.Tensor],
+    queue: NegativeQueue | None,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    temperature: float = 0.07,
+    heads: Heads | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """C-SFT loss for N local (query, positive, hard negative) triples of encoder outputs.
 
     Gathers all workers' triples, so the loss covers the global batch (sum gradients across ranks),
@@ -127,7 +147,9 @@ def csft_loss(query: dict[str, torch.Tensor], positive: dict[str, torch.Tensor],
     q = gather_from_all_workers(query["fused"])
     keys = LEVELS + ((ITEM_ID,) if all(ITEM_ID in d for d in (query, positive, negative)) else ())
     keys += FEATURES if heads is not None else ()
-    current = {key: gather_from_all_workers(torch.cat([positive[key], negative[key]])) for key in keys}
+    current = {
+        key: gather_from_all_workers(torch.cat([positive[key], negative[key]])) for key in keys
+    }
     n = q.shape[0]
     # gathered rows are [pos_r0, neg_r0, pos_r1, neg_r1, ...]: put all positives first
     order = _positives_first(_rank_sizes(query["fused"].shape[0]))
@@ -144,20 +166,36 @@ def csft_loss(query: dict[str, torch.Tensor], positive: dict[str, torch.Tensor],
     loss_txt = info_nce(q, cands["txt"], target, temperature, valid=keep)
     with_img = cands["img_mask"][:n]  # queries whose positive has an image
     if bool(with_img.any()):
-        img_keep = cands["img_mask"].unsqueeze(0).expand(n, -1) if keep is None else keep & cands["img_mask"]
-        loss_img = info_nce(q[with_img], cands["img"], target[with_img], temperature, valid=img_keep[with_img])
+        img_keep = (
+            cands["img_mask"].unsqueeze(0).expand(n, -1)
+            if keep is None
+            else keep & cands["img_mask"]
+        )
+        loss_img = info_nce(
+            q[with_img], cands["img"], target[with_img], temperature, valid=img_keep[with_img]
+        )
     else:
         loss_img = q.new_zeros(())
     loss = loss_item + alpha * loss_txt + beta * loss_img
     if queue is not None:
-        queue.push({key: current[key] for key in (FEATURES + ("img_mask",) if heads is not None else LEVELS)}
-                   | ({ITEM_ID: current[ITEM_ID]} if ITEM_ID in current else {}))
+        queue.push(
+            {
+                key: current[key]
+                for key in (FEATURES + ("img_mask",) if heads is not None else LEVELS)
+            }
+            | ({ITEM_ID: current[ITEM_ID]} if ITEM_ID in current else {})
+        )
     n_slots = int(cands["fused"].shape[0])
-    stats = {"loss": float(loss.detach()), "loss_q2item": float(loss_item.detach()),
-             "loss_q2txt": float(loss_txt.detach()), "loss_q2img": float(loss_img.detach()),
-             "n_queries": n, "n_negatives": n_slots - 1,
-             "n_masked": 0.0 if keep is None else float(n_slots - keep.sum(1).float().mean()),
-             "n_img_negatives": int(cands["img_mask"].sum()) - 1}
+    stats = {
+        "loss": float(loss.detach()),
+        "loss_q2item": float(loss_item.detach()),
+        "loss_q2txt": float(loss_txt.detach()),
+        "loss_q2img": float(loss_img.detach()),
+        "n_queries": n,
+        "n_negatives": n_slots - 1,
+        "n_masked": 0.0 if keep is None else float(n_slots - keep.sum(1).float().mean()),
+        "n_img_negatives": int(cands["img_mask"].sum()) - 1,
+    }
     return loss, stats
 
 
@@ -184,4 +222,6 @@ def symmetric_info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> 
     """CLIP-style loss over aligned rows of a and b (gathered across workers first)."""
     a_all, b_all = gather_from_all_workers(a), gather_from_all_workers(b)
     target = torch.arange(a_all.shape[0])
-    return 0.5 * (info_nce(a_all, b_all, target, temperature) + info_nce(b_all, a_all, target, temperature))
+    return 0.5 * (
+        info_nce(a_all, b_all, target, temperature) + info_nce(b_all, a_all, target, temperature)
+    )

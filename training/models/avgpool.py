@@ -1,4 +1,5 @@
 """AvgPool: the user interest is the mean of the history item embeddings."""
+
 from __future__ import annotations
 
 from torch import Tensor

@@ -4,6 +4,7 @@ A model owns the user/item/category embeddings and a head MLP over
 concat(user emb, target item emb, interest); a subclass only says how the interest is built
 (`interest`, or `encode` when it also has an auxiliary loss). Batches follow CONTRACTS.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,7 +40,9 @@ class ModelConfig:
     mm_dim: int = 384  # fused multimodal vector dim (target_mm / hist_mm)
     mlp_dims: tuple[int, ...] = (200, 80)  # head MLP
     att_dims: tuple[int, ...] = (64, 32)  # DIN attention-unit MLP
-    att_softmax: bool = False  # DIN, SIM, SimTier, DMAE ID attention: masked-softmax weights (papers: raw weights)
+    att_softmax: bool = (
+        False  # DIN, SIM, SimTier, DMAE ID attention: masked-softmax weights (papers: raw weights)
+    )
     dropout: float = 0.0
     # BST / TWIN / DMAE attention
     n_heads: int = 2
@@ -50,15 +53,21 @@ class ModelConfig:
     twin_topk: int = 16  # TWIN general-search-unit k
     # SimTier
     n_tiers: int = 10
-    simtier_source: str = "fused"  # "fused": ONE histogram of cos(target_mm, hist_mm) (the SimTier paper);
+    simtier_source: str = (
+        "fused"  # "fused": ONE histogram of cos(target_mm, hist_mm) (the SimTier paper);
+    )
     # "per_modality": one histogram per modality from sim_img / sim_txt, concatenated (a variant)
     # DMAE (the defaults are the full model; each use_* = False is one ablation of DMAE's Table 3)
     n_buckets: int = 10  # MIEU similarity buckets N_B (bucket = floor(r (N_B - 1)))
     window: int = 10  # MIFU sliding window (positions i, j interact when |i - j| <= window // 2)
     mask_prob: float = 0.2  # IDDU position masking
     lambda_dec: float = 0.5  # IDDU loss weight (DMAE's best on MovieLens)
-    use_mieu_se: bool = True  # False = "w/o MIEU-se": a plain bucket embedding replaces the similarity embedding
-    use_mieu_t: bool = True  # False = "w/o MIEU-t": no time axis in the interest distribution (l = 1: IDDU
+    use_mieu_se: bool = (
+        True  # False = "w/o MIEU-se": a plain bucket embedding replaces the similarity embedding
+    )
+    use_mieu_t: bool = (
+        True  # False = "w/o MIEU-t": no time axis in the interest distribution (l = 1: IDDU
+    )
     # reconstructs the n-bin distribution summed over the l time slices)
     use_mifu: bool = True  # False = "w/o MIFU": a masked mean per modality replaces the fusion unit
     use_iddu: bool = True  # False = "w/o IDDU": no decoder, no reconstruction loss (lambda_dec = 0)
@@ -66,7 +75,9 @@ class ModelConfig:
     use_id: bool = True  # backbone ID interest
     use_content: bool = True  # sum_i a_ti^MM proj(h_i^MM)
     use_fusion: bool = True  # sum_i a_ti^MM h_i^ID
-    ciubm_mean: bool = False  # variant: divide a_ti^MM by the history length (a mean, not MIM eq. 7-9's sum)
+    ciubm_mean: bool = (
+        False  # variant: divide a_ti^MM by the history length (a mean, not MIM eq. 7-9's sum)
+    )
     # every model: user-ID dropout. While training, each row's user index is replaced by 0 (the unknown
     # user) with this probability, so row 0 learns a generic-user vector for users unseen in training
     # instead of staying untrained; eval mode never drops. A training-time rate, not the unseen share itself
@@ -75,8 +86,22 @@ class ModelConfig:
     user_dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("n_users", "n_items", "n_cats", "emb_dim", "T", "l", "n", "mm_dim", "n_heads", "n_layers",
-                     "sim_topk", "twin_topk", "n_tiers", "window"):
+        for name in (
+            "n_users",
+            "n_items",
+            "n_cats",
+            "emb_dim",
+            "T",
+            "l",
+            "n",
+            "mm_dim",
+            "n_heads",
+            "n_layers",
+            "sim_topk",
+            "twin_topk",
+            "n_tiers",
+            "window",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_buckets < 2:
@@ -90,7 +115,9 @@ class ModelConfig:
         if not 0.0 <= self.user_dropout < 1.0:
             raise ValueError(f"user_dropout must be in [0, 1), got {self.user_dropout}")
         if self.simtier_source not in SIMTIER_SOURCES:
-            raise ValueError(f"simtier_source must be one of {SIMTIER_SOURCES}, got {self.simtier_source!r}")
+            raise ValueError(
+                f"simtier_source must be one of {SIMTIER_SOURCES}, got {self.simtier_source!r}"
+            )
         if self.lambda_dec < 0:
             raise ValueError(f"lambda_dec must be >= 0, got {self.lambda_dec}")
 
@@ -99,8 +126,10 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -109,7 +138,9 @@ class ModelConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {unknown}")
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
         return cls(**values)
 
 

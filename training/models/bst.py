@@ -1,4 +1,5 @@
 """BST (Chen et al., 2019): a transformer over [target; history] with learned position embeddings."""
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,9 @@ class BST(CTRModel):
     def __init__(self, cfg: ModelConfig, embeddings: FeatureEmbeddings | None = None):
         super().__init__(cfg, embeddings)
         if self.item_dim % cfg.n_heads:
-            raise ValueError(f"2 * emb_dim = {self.item_dim} is not divisible by n_heads = {cfg.n_heads}")
+            raise ValueError(
+                f"2 * emb_dim = {self.item_dim} is not divisible by n_heads = {cfg.n_heads}"
+            )
         self.position = nn.Embedding(cfg.T + 1, self.item_dim)
         nn.init.normal_(self.position.weight, std=0.05)
         self.transformer = SelfAttentionBlock(self.item_dim, cfg.n_heads, cfg.n_layers, cfg.dropout)

@@ -9,6 +9,7 @@ Named variant `ciubm_mean` (not the paper): the weights are divided by the histo
 become means (their scale then no longer grows with the history: with cosines around 0.5 a 64-item sum is
 ~30x one item).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,11 @@ class CiUBM(CTRModel):
         super().__init__(cfg, backbone.embeddings)
         self.backbone = backbone
         self.mm_proj = nn.Linear(cfg.mm_dim, self.item_dim) if cfg.use_content else None
-        dims = (backbone.interest_dim if cfg.use_id else 0, self.item_dim if cfg.use_content else 0,
-                self.item_dim if cfg.use_fusion else 0)
+        dims = (
+            backbone.interest_dim if cfg.use_id else 0,
+            self.item_dim if cfg.use_content else 0,
+            self.item_dim if cfg.use_fusion else 0,
+        )
         self.build_head(sum(dims))
 
     @property

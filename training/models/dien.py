@@ -4,6 +4,7 @@ Differences from the paper: the auxiliary next-behaviour loss of the extractor (
 negative histories) is omitted, so `aux_loss` is 0; attention scores come from the DIN attention unit
 (softmax-normalised over the real positions).
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,13 +40,17 @@ class DIEN(CTRModel):
     def __init__(self, cfg: ModelConfig, embeddings: FeatureEmbeddings | None = None):
         super().__init__(cfg, embeddings)
         self.extractor = nn.GRUCell(self.item_dim, self.item_dim)
-        self.attention = TargetAttention(self.item_dim, cfg.att_dims, softmax=True, dropout=cfg.dropout)
+        self.attention = TargetAttention(
+            self.item_dim, cfg.att_dims, softmax=True, dropout=cfg.dropout
+        )
         self.evolution = AUGRUCell(self.item_dim, self.item_dim)
         self.build_head(self.item_dim)
 
     def interest(self, batch: Batch) -> Tensor:
         x, mask = self.history(batch), batch["hist_mask"]
-        steps = range(x.shape[1] - 1, -1, -1)  # position 0 is the most recent: walk oldest -> newest
+        steps = range(
+            x.shape[1] - 1, -1, -1
+        )  # position 0 is the most recent: walk oldest -> newest
         h = x.new_zeros(x.shape[0], self.item_dim)
         states = [h] * x.shape[1]
         for t in steps:

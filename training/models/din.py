@@ -1,4 +1,5 @@
 """DIN (Zhou et al., KDD 2018): target attention over the history with the DIN attention unit."""
+
 from __future__ import annotations
 
 from torch import Tensor
@@ -8,7 +9,8 @@ from training.models.layers import TargetAttention
 
 
 class DIN(CTRModel):
-    """Interest = sum_i a(target, h_i) h_i, a from MLP([q, k, q-k, q*k]) (raw weights, as in the paper; a masked
+    """Interest = sum_i a(target, h_i) h_i, a from MLP([q, k, q-k, q*k]) (raw weights, as in the
+    paper; a masked
     softmax over the history with `att_softmax`)."""
 
     name = "din"
@@ -16,7 +18,9 @@ class DIN(CTRModel):
 
     def __init__(self, cfg: ModelConfig, embeddings: FeatureEmbeddings | None = None):
         super().__init__(cfg, embeddings)
-        self.attention = TargetAttention(self.item_dim, cfg.att_dims, softmax=cfg.att_softmax, dropout=cfg.dropout)
+        self.attention = TargetAttention(
+            self.item_dim, cfg.att_dims, softmax=cfg.att_softmax, dropout=cfg.dropout
+        )
         self.build_head(self.item_dim)
 
     def interest(self, batch: Batch) -> Tensor:

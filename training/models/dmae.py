@@ -22,6 +22,7 @@ Ablations of DMAE's Table 3 (ModelConfig switches, all on by default):
 - use_mifu=False, "w/o MIFU": a masked mean of each modality's MIEU codes replaces MIFU;
 - use_iddu=False, "w/o IDDU": no decoder and no reconstruction loss (= lambda_dec 0).
 """
+
 from __future__ import annotations
 
 from typing import cast
@@ -31,7 +32,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from training.models.base import Batch, CTRModel, FeatureEmbeddings, ModelConfig
-from training.models.layers import MLP, MaskedAttention, SinCosEncoding, TargetAttention, masked_mean
+from training.models.layers import (
+    MLP,
+    MaskedAttention,
+    SinCosEncoding,
+    TargetAttention,
+    masked_mean,
+)
 
 MODALITIES = ("img", "txt")
 
@@ -88,7 +95,9 @@ class MIFU(nn.Module):
     def intra_modal(self, m: str, x: Tensor, mask: Tensor) -> Tensor:
         """(B, T, dim): each position attends to the real positions within the window (banded, blocked
         attention); rows at padded positions are not computed, and every use below is masked."""
-        return self.norm[m](x + cast(MaskedAttention, self.intra[m]).banded(x, mask, self.half_window))
+        return self.norm[m](
+            x + cast(MaskedAttention, self.intra[m]).banded(x, mask, self.half_window)
+        )
 
     def cross_modal(self, m: str, x: Tensor, mask: Tensor, guide: Tensor) -> Tensor:
         """(B, dim): x's real positions pooled by attention with the query `guide` (B, dim)."""
@@ -109,7 +118,8 @@ class IDDU(nn.Module):
         self.decoder = MLP(dim, (2 * dim,), n if collapse_time else l * n)
 
     def target(self, dist: Tensor) -> Tensor:
-        """P before normalising: dist (B, l, n) or (B, l * n) -> (B, l * n), or (B, n) with `collapse_time`."""
+        """P before normalising: dist (B, l, n) or (B, l * n) -> (B, l * n), or (B, n) with
+        `collapse_time`."""
         grid = dist.reshape(dist.shape[0], self.l, self.n)
         return grid.sum(dim=1) if self.collapse_time else grid.flatten(1)
 
@@ -128,7 +138,15 @@ class DMAE(CTRModel):
     """Interest = concat(DIN ID interest, u_img, u_txt); aux_loss = IDDU loss in training mode, else 0."""
 
     name = "dmae"
-    batch_keys = ("hist_item", "hist_cat", "hist_mask", "sim_img", "sim_txt", "sim_mask_img", "sim_mask_txt")
+    batch_keys = (
+        "hist_item",
+        "hist_cat",
+        "hist_mask",
+        "sim_img",
+        "sim_txt",
+        "sim_mask_img",
+        "sim_mask_txt",
+    )
     decoder_keys = ("dist_img", "dist_txt")  # read in training mode only, and only with use_iddu
 
     def __init__(self, cfg: ModelConfig, embeddings: FeatureEmbeddings | None = None):
@@ -138,12 +156,23 @@ class DMAE(CTRModel):
             raise ValueError(f"emb_dim must be even for the sine-cosine code, got {d}")
         if cfg.use_mifu and d % cfg.n_heads:
             raise ValueError(f"emb_dim = {d} is not divisible by n_heads = {cfg.n_heads}")
-        self.id_attention = TargetAttention(self.item_dim, cfg.att_dims, softmax=cfg.att_softmax, dropout=cfg.dropout)
-        self.mieu = nn.ModuleDict({m: MIEU(d, cfg.T, cfg.n_buckets, cfg.use_mieu_se) for m in MODALITIES})
+        self.id_attention = TargetAttention(
+            self.item_dim, cfg.att_dims, softmax=cfg.att_softmax, dropout=cfg.dropout
+        )
+        self.mieu = nn.ModuleDict(
+            {m: MIEU(d, cfg.T, cfg.n_buckets, cfg.use_mieu_se) for m in MODALITIES}
+        )
         self.mifu = MIFU(d, cfg.n_heads, cfg.window) if cfg.use_mifu else None
-        self.iddu = (nn.ModuleDict({m: IDDU(d, cfg.l, cfg.n, cfg.mask_prob, collapse_time=not cfg.use_mieu_t)
-                                    for m in MODALITIES})
-                     if cfg.use_iddu and cfg.lambda_dec > 0 else None)
+        self.iddu = (
+            nn.ModuleDict(
+                {
+                    m: IDDU(d, cfg.l, cfg.n, cfg.mask_prob, collapse_time=not cfg.use_mieu_t)
+                    for m in MODALITIES
+                }
+            )
+            if cfg.use_iddu and cfg.lambda_dec > 0
+            else None
+        )
         self.build_head(self.item_dim + len(MODALITIES) * d)
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -153,8 +182,10 @@ class DMAE(CTRModel):
         if self.mifu is not None:
             seqs = {m: self.mifu.intra_modal(m, seqs[m], masks[m]) for m in MODALITIES}
             means = {m: masked_mean(seqs[m], masks[m]) for m in MODALITIES}
-            users = [self.mifu.cross_modal(m, seqs[m], masks[m], means[other])
-                     for m, other in zip(MODALITIES, reversed(MODALITIES))]
+            users = [
+                self.mifu.cross_modal(m, seqs[m], masks[m], means[other])
+                for m, other in zip(MODALITIES, reversed(MODALITIES))
+            ]
         else:
             users = [masked_mean(seqs[m], masks[m]) for m in MODALITIES]
         aux = h_id.new_zeros(())

@@ -3,6 +3,7 @@
 Masks are bool tensors, True = a real position. Every masked reduction is exact: padded positions never
 change a result (they get weight 0, not a small weight), and an all-masked row yields zeros, never NaN.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,9 @@ def cosine_to_history(target: Tensor, hist: Tensor, eps: float = 1e-8) -> Tensor
 class MLP(nn.Module):
     """Linear -> ReLU -> Dropout blocks over `hidden`, then an optional linear output layer."""
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0):
+    def __init__(
+        self, in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         dim = in_dim
@@ -63,7 +66,9 @@ class TargetAttention(nn.Module):
     (the DIN paper keeps raw weights to preserve interest intensity).
     """
 
-    def __init__(self, dim: int, hidden: Sequence[int], softmax: bool = False, dropout: float = 0.0):
+    def __init__(
+        self, dim: int, hidden: Sequence[int], softmax: bool = False, dropout: float = 0.0
+    ):
         super().__init__()
         self.score = MLP(4 * dim, hidden, 1, dropout)
         self.softmax = softmax
@@ -78,14 +83,19 @@ class TargetAttention(nn.Module):
         """
         first, rest = self.score.net[0], self.score.net[1:]
         w_q, w_k, w_d, w_p = first.weight.chunk(4, dim=1)
-        hidden = (F.linear(keys, w_k - w_d) + F.linear(query.unsqueeze(1) * keys, w_p)
-                  + F.linear(query, w_q + w_d, first.bias).unsqueeze(1))
+        hidden = (
+            F.linear(keys, w_k - w_d)
+            + F.linear(query.unsqueeze(1) * keys, w_p)
+            + F.linear(query, w_q + w_d, first.bias).unsqueeze(1)
+        )
         scores = rest(hidden).squeeze(-1)
         if self.softmax:
             return masked_softmax(scores, mask)
         return scores * mask.to(scores.dtype)
 
-    def forward(self, query: Tensor, keys: Tensor, mask: Tensor, values: Tensor | None = None) -> Tensor:
+    def forward(
+        self, query: Tensor, keys: Tensor, mask: Tensor, values: Tensor | None = None
+    ) -> Tensor:
         w = self.weights(query, keys, mask)
         return torch.einsum("bt,btd->bd", w, keys if values is None else values)
 
@@ -118,7 +128,11 @@ class MaskedAttention(nn.Module):
         # see every key, then zeroed, so it yields zeros like masked_softmax
         has_key = allowed.any(dim=-1, keepdim=True)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=(allowed | ~has_key).unsqueeze(1))
-        ctx = (ctx * has_key.unsqueeze(1).to(ctx.dtype)).transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)
+        ctx = (
+            (ctx * has_key.unsqueeze(1).to(ctx.dtype))
+            .transpose(1, 2)
+            .reshape(query.shape[0], query.shape[1], -1)
+        )
         return self.out(ctx)
 
     def pool(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
@@ -149,20 +163,38 @@ class MaskedAttention(nn.Module):
             return self.forward(x, x, allowed)
         nb = -(-t // block)
         extra = nb * block - t
-        width, padded = block + 2 * hw, nb * block + 2 * hw  # keys of one query block; padded key length
-        rows = F.pad(mask, (0, extra)).view(b * nb, block).any(dim=-1).nonzero().squeeze(1)  # b * nb + c
+        width, padded = (
+            block + 2 * hw,
+            nb * block + 2 * hw,
+        )  # keys of one query block; padded key length
+        rows = (
+            F.pad(mask, (0, extra)).view(b * nb, block).any(dim=-1).nonzero().squeeze(1)
+        )  # b * nb + c
         n = rows.shape[0]
         q = F.pad(self.q(x), (0, 0, 0, extra)).reshape(b * nb, block * d).index_select(0, rows)
         q = q.view(n, block, h, hd).transpose(1, 2) * (1.0 / math.sqrt(hd))  # (N, H, block, hd)
-        start = (rows // nb) * padded + (rows % nb) * block  # key window of block c: [c * block - hw, ...)
+        start = (rows // nb) * padded + (
+            rows % nb
+        ) * block  # key window of block c: [c * block - hw, ...)
         window = (start[:, None] + torch.arange(width, device=x.device)).reshape(-1)
-        kv = F.linear(x, torch.cat([self.k.weight, self.v.weight]), torch.cat([self.k.bias, self.v.bias]))
+        kv = F.linear(
+            x, torch.cat([self.k.weight, self.v.weight]), torch.cat([self.k.bias, self.v.bias])
+        )
         kv = F.pad(kv, (0, 0, hw, extra + hw)).reshape(b * padded, 2 * d).index_select(0, window)
-        k, v = kv.view(n, width, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (N, H, width, hd) each
-        key_ok = F.pad(mask, (hw, extra + hw)).reshape(-1).index_select(0, window).view(n, 1, 1, width)
-        offset = torch.arange(width, device=x.device)[None, :] - torch.arange(block, device=x.device)[:, None]
+        k, v = (
+            kv.view(n, width, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        )  # (N, H, width, hd) each
+        key_ok = (
+            F.pad(mask, (hw, extra + hw)).reshape(-1).index_select(0, window).view(n, 1, 1, width)
+        )
+        offset = (
+            torch.arange(width, device=x.device)[None, :]
+            - torch.arange(block, device=x.device)[:, None]
+        )
         band, own = (offset >= 0) & (offset <= 2 * hw), offset == hw
-        blocked = ~(band & (key_ok | own))  # a query always keeps its own position: no empty softmax row
+        blocked = ~(
+            band & (key_ok | own)
+        )  # a query always keeps its own position: no empty softmax row
         scores = torch.matmul(q, k.transpose(-1, -2)).masked_fill(blocked, float("-inf"))
         ctx = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(n, block * d)
         full = ctx.new_zeros(b * nb, block * d).index_copy(0, rows, ctx)
@@ -173,8 +205,9 @@ def _masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tenso
     """Scaled dot-product attention q (..., Tq, hd), k, v (..., Tk, hd) restricted to `allowed`
     (broadcastable to (..., Tq, Tk)); a query with no allowed key gets zeros."""
     has_key = allowed.any(dim=-1, keepdim=True)
-    bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~(allowed | ~has_key),
-                                                                                  float("-inf"))
+    bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(
+        ~(allowed | ~has_key), float("-inf")
+    )
     scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1])) + bias
     return torch.matmul(torch.softmax(scores, dim=-1) * has_key.to(q.dtype), v)
 
@@ -184,8 +217,9 @@ class SelfAttentionBlock(nn.Module):
 
     def __init__(self, dim: int, n_heads: int, n_layers: int, dropout: float = 0.0):
         super().__init__()
-        layer = nn.TransformerEncoderLayer(dim, n_heads, dim_feedforward=2 * dim, dropout=dropout,
-                                           batch_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, n_heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -194,7 +228,8 @@ class SelfAttentionBlock(nn.Module):
 
 
 class SinCosEncoding(nn.Module):
-    """Fixed sine-cosine code of a scalar in [0, 1]: [sin(w_k x), cos(w_k x)], w_k geometric in [1, max_freq]."""
+    """Fixed sine-cosine code of a scalar in [0, 1]: [sin(w_k x), cos(w_k x)], w_k geometric in
+    [1, max_freq]."""
 
     freqs: Tensor
 

@@ -4,6 +4,7 @@ General search unit: hard search keeps the history items of the target's categor
 the top-`sim_topk` items by inner product of target and history embeddings (the same embeddings the model
 trains; selection itself passes no gradient). Exact search unit: DIN attention over the retrieved items.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,9 @@ class SIM(CTRModel):
     def __init__(self, cfg: ModelConfig, embeddings: FeatureEmbeddings | None = None):
         super().__init__(cfg, embeddings)
         self.mode = cfg.sim_mode
-        self.attention = TargetAttention(self.item_dim, cfg.att_dims, softmax=cfg.att_softmax, dropout=cfg.dropout)
+        self.attention = TargetAttention(
+            self.item_dim, cfg.att_dims, softmax=cfg.att_softmax, dropout=cfg.dropout
+        )
         self.build_head(self.item_dim)
 
     def interest(self, batch: Batch) -> Tensor:

@@ -11,6 +11,7 @@ builds the CTR batch needs nothing else.
 Variant `simtier_source="per_modality"`: one such histogram per modality from the precomputed similarity
 sequences `sim_img`, `sim_txt` over their own masks, concatenated (2 * n_tiers values).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,9 @@ def similarity_histogram(sim: Tensor, mask: Tensor, n_tiers: int) -> Tensor:
     return counts / sim.shape[1]
 
 
-def fused_similarity(target_mm: Tensor, hist_mm: Tensor, hist_mask: Tensor) -> tuple[Tensor, Tensor]:
+def fused_similarity(
+    target_mm: Tensor, hist_mm: Tensor, hist_mask: Tensor
+) -> tuple[Tensor, Tensor]:
     """(r, valid), both (B, T): r = (cos(target_mm, hist_mm_t) + 1) / 2 and valid = hist_mask where both the
     target and the history item have a (non-zero) multimodal vector."""
     r = (cosine_to_history(target_mm, hist_mm) + 1.0) / 2.0
@@ -52,12 +55,16 @@ class SimTier(CTRModel):
     """Interest = concat(DIN interest, SimTier histogram): one fused histogram (default) or per modality."""
 
     name = "simtier"
-    batch_keys = ID_KEYS + FUSED_KEYS  # the default source; `required_keys` follows cfg.simtier_source
+    batch_keys = (
+        ID_KEYS + FUSED_KEYS
+    )  # the default source; `required_keys` follows cfg.simtier_source
 
     def __init__(self, cfg: ModelConfig, embeddings: FeatureEmbeddings | None = None):
         super().__init__(cfg, embeddings)
         self.per_modality = cfg.simtier_source == "per_modality"
-        self.attention = TargetAttention(self.item_dim, cfg.att_dims, softmax=cfg.att_softmax, dropout=cfg.dropout)
+        self.attention = TargetAttention(
+            self.item_dim, cfg.att_dims, softmax=cfg.att_softmax, dropout=cfg.dropout
+        )
         self.build_head(self.item_dim + (len(MODALITIES) if self.per_modality else 1) * cfg.n_tiers)
 
     def required_keys(self) -> tuple[str, ...]:
@@ -66,9 +73,18 @@ class SimTier(CTRModel):
     def histogram(self, batch: Batch) -> Tensor:
         """(B, n_tiers) fused, or (B, 2 * n_tiers) per modality."""
         if self.per_modality:
-            return torch.cat([similarity_histogram(batch[f"sim_{m}"], batch[f"sim_mask_{m}"], self.cfg.n_tiers)
-                              for m in MODALITIES], dim=-1)
-        return fused_histogram(batch["target_mm"], batch["hist_mm"], batch["hist_mask"], self.cfg.n_tiers)
+            return torch.cat(
+                [
+                    similarity_histogram(
+                        batch[f"sim_{m}"], batch[f"sim_mask_{m}"], self.cfg.n_tiers
+                    )
+                    for m in MODALITIES
+                ],
+                dim=-1,
+            )
+        return fused_histogram(
+            batch["target_mm"], batch["hist_mm"], batch["hist_mask"], self.cfg.n_tiers
+        )
 
     def interest(self, batch: Batch) -> Tensor:
         h_id = self.attention(self.target(batch), self.history(batch), batch["hist_mask"])

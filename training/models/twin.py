@@ -5,6 +5,7 @@ both stages: the general search unit keeps the top-`twin_topk` positions by the 
 exact search unit softmax-normalises the very same scores over the kept positions and pools W_v^h h_i.
 (The paper's cached inherent features and cross-feature bias are not modelled: no such features here.)
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,9 @@ class TWIN(CTRModel):
     def __init__(self, cfg: ModelConfig, embeddings: FeatureEmbeddings | None = None):
         super().__init__(cfg, embeddings)
         if self.item_dim % cfg.n_heads:
-            raise ValueError(f"2 * emb_dim = {self.item_dim} is not divisible by n_heads = {cfg.n_heads}")
+            raise ValueError(
+                f"2 * emb_dim = {self.item_dim} is not divisible by n_heads = {cfg.n_heads}"
+            )
         self.n_heads, self.head_dim = cfg.n_heads, self.item_dim // cfg.n_heads
         self.q = nn.Linear(self.item_dim, self.item_dim)
         self.k = nn.Linear(self.item_dim, self.item_dim)
@@ -45,10 +48,14 @@ class TWIN(CTRModel):
     def interest(self, batch: Batch) -> Tensor:
         hist, mask = self.history(batch), batch["hist_mask"]
         scores = self.scores(self.target(batch), hist)
-        idx = top_k_positions(scores.detach().mean(dim=1), mask, self.cfg.twin_topk)  # general search unit
+        idx = top_k_positions(
+            scores.detach().mean(dim=1), mask, self.cfg.twin_topk
+        )  # general search unit
         kept_scores = torch.gather(scores, 2, idx.unsqueeze(1).expand(-1, self.n_heads, -1))
         kept_mask = gather_positions(mask, idx)
-        w = masked_softmax(kept_scores, kept_mask.unsqueeze(1))  # exact search unit: the same scores
+        w = masked_softmax(
+            kept_scores, kept_mask.unsqueeze(1)
+        )  # exact search unit: the same scores
         values = self._heads(self.v(gather_positions(hist, idx)))  # (B, K, H, hd)
         pooled = torch.einsum("bhk,bkhd->bhd", w, values).reshape(hist.shape[0], self.item_dim)
         return self.out(pooled)
