@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import psutil
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 T = TypeVar("T")
 
@@ -31,8 +31,13 @@ def poll(check: Callable[[], T], timeout: float, interval: float) -> T:
         stop=stop_after_delay(timeout),
         wait=wait_fixed(interval),
         retry=retry_if_result(lambda value: not value),
-        retry_error_callback=lambda state: state.outcome.result(),
+        retry_error_callback=_last_result,
     )(check)
+
+
+def _last_result(state: RetryCallState):
+    assert state.outcome is not None  # tenacity sets it before calling retry_error_callback
+    return state.outcome.result()
 
 
 @dataclass(frozen=True)

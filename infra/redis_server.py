@@ -64,7 +64,7 @@ class RedisServer:
         self.log_dir = Path(self.log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"redis-{self.port}.log"
-        self._popen = subprocess.Popen(
+        self._popen = popen = subprocess.Popen(
             [
                 exe,
                 "--port",
@@ -85,10 +85,10 @@ class RedisServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.proc = Proc.of(self._popen.pid)
+        self.proc = Proc.of(popen.pid)
         if (
-            poll(lambda: self.ping() or self._popen.poll() is not None, self.ready_timeout, 0.05)
-            and self._popen.poll() is None
+            poll(lambda: self.ping() or popen.poll() is not None, self.ready_timeout, 0.05)
+            and popen.poll() is None
         ):
             return self
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""

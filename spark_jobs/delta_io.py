@@ -33,7 +33,9 @@ _BATCH_BYTES = (
 def delta_jvm_available(spark: SparkSession) -> bool:
     """True when delta-spark's JVM classes are loadable in this session."""
     try:
-        loader = spark._jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        jvm = spark._jvm
+        assert jvm is not None  # set in a classic (non-Connect) session; caught below if not
+        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
         loader.loadClass("io.delta.tables.DeltaTable")
         return True
     except Exception:  # py4j raises a generic Py4JJavaError on ClassNotFoundException
@@ -68,9 +70,10 @@ def write(
         writer.save(path)
     else:
         with _staged(df, path) as batches:
+            # deltalake's overloads split on a Literal `mode` (predicate only with "overwrite")
             committed(
                 path,
-                lambda: write_deltalake(
+                lambda: write_deltalake(  # type: ignore[call-overload]
                     path,
                     batches(),
                     mode=mode,

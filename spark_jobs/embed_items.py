@@ -85,7 +85,8 @@ def _hashes(version: str):
             [content_hash(version, t, c, p) for t, c, p in zip(text, category, image_path)]
         )
 
-    return F.pandas_udf(hashes, "string")
+    # pyspark's stub lacks the type-hinted (no functionType) overload of pandas_udf
+    return F.pandas_udf(hashes, "string")  # type: ignore[call-overload]
 
 
 def _norm(arr: Column) -> Column:

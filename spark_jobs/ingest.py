@@ -150,7 +150,8 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
     begun = time.time()
     report_dir = cfg.reports_dir / "validation"
     adapter = get_adapter(cfg.dataset)
-    image_status = F.pandas_udf(_image_status, "string")
+    # pyspark's stub lacks the type-hinted (no functionType) overload of pandas_udf
+    image_status = F.pandas_udf(_image_status, "string")  # type: ignore[call-overload]
     now = datetime.now(UTC)  # one "now" for the range check and the replay's future
 
     def staged(df: DataFrame) -> DataFrame:

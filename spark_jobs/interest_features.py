@@ -164,7 +164,9 @@ def compute(
 
     def per_batch(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         vecs = vectors.value  # deserialised once per Python worker
-        part, done = TaskContext.get().partitionId(), 0
+        context = TaskContext.get()
+        assert context is not None  # always set inside a Spark task
+        part, done = context.partitionId(), 0
         for batch in batches:
             yield features(batch, vecs, seq_len, slices, bins)
             done += batch.num_rows  # progress, in the executor's log (the console when local)

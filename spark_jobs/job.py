@@ -143,7 +143,7 @@ def _doubled(memory: str) -> str:
     return f"{2 * int(found[1])}{found[2]}" if found else "twice " + memory
 
 
-def _chain(err: BaseException):
+def _chain(err: BaseException | None):
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))

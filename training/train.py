@@ -19,6 +19,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,8 @@ class EarlyStopping:
     """Best-so-far tracking on a score to maximise: keeps the best weights, says when to stop."""
 
     def __init__(self, patience: int):
-        self.patience, self.best, self.best_epoch, self.state = patience, float("-inf"), -1, None
+        self.patience, self.best, self.best_epoch = patience, float("-inf"), -1
+        self.state: dict[str, Any] | None = None
         self.history: list[float] = []
 
     def update(self, epoch: int, score: float, model: torch.nn.Module) -> bool:
@@ -182,6 +184,7 @@ def train(
             )
         if stop:
             break
+    assert stopper.state is not None, "no epoch scored above -inf"
     model.load_state_dict(stopper.state)
     train_s = time.time() - started
     result = None

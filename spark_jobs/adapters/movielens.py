@@ -11,7 +11,8 @@ from mminterest import schemas
 from mminterest.config import Config
 
 
-@F.pandas_udf(StringType())
+# pyspark's stub lacks the type-hinted (no functionType) overload of pandas_udf
+@F.pandas_udf(StringType())  # type: ignore[call-overload]
 def normalised_category(genres: pd.Series) -> pd.Series:
     """The one category normaliser (mminterest.schemas.category) over a genres column."""
     return genres.map(schemas.category)

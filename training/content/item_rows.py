@@ -18,10 +18,11 @@ def content_hash(
     """sha256 hex of what an embedding depends on; `image` is the file's bytes or its path (read here)."""
     digest = hashlib.sha256("\0".join([version, category or "", text or ""]).encode())
     if isinstance(image, str):
+        path = image
         try:
-            image = Path(image).read_bytes()
+            image = Path(path).read_bytes()
         except OSError:
-            image = f"unreadable:{image}".encode()
+            image = f"unreadable:{path}".encode()
     digest.update(b"\0" + hashlib.sha256(image).digest() if image is not None else b"\0none")
     return digest.hexdigest()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -174,7 +175,7 @@ class ImageTower(nn.Module):
 
     ViT: mean of the output tokens. EfficientNet-Lite0: global average of the last conv features."""
 
-    model: nn.Module
+    model: Any  # a transformers ViTModel or an (untyped) EfficientNet: attributes depend on `kind`
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
 

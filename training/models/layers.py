@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -81,7 +82,7 @@ class TargetAttention(nn.Module):
         computed once per row instead of once per history position (same parameters, half the
         multiply-adds of the layer; equal to the concatenated form up to float rounding).
         """
-        first, rest = self.score.net[0], self.score.net[1:]
+        first, rest = cast(nn.Linear, self.score.net[0]), self.score.net[1:]
         w_q, w_k, w_d, w_p = first.weight.chunk(4, dim=1)
         hidden = (
             F.linear(keys, w_k - w_d)
