@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -48,9 +48,8 @@ _UTC_NS = "datetime64[ns, UTC]"
 class DeltaOfflineStoreConfig(DaskOfflineStoreConfig):
     """Offline store config: the file store's, under this store's class path."""
 
-    type: Literal["feature_repo.delta_offline_store.DeltaOfflineStore"] = (  # type: ignore[assignment]
-        CLASS_PATH
-    )
+    # narrowing the base's Literal discriminator is how feast/pydantic select a store config
+    type: Literal["feature_repo.delta_offline_store.DeltaOfflineStore"] = CLASS_PATH  # type: ignore[assignment]
 
 
 def is_delta(source) -> bool:
@@ -124,6 +123,7 @@ class DeltaOfflineStore(DaskOfflineStore):
         registry,
         project: str,
         full_feature_names: bool = False,
+        filter_by_created_timestamp: bool = False,
         **kwargs,
     ) -> RetrievalJob:
         if not isinstance(entity_df, pd.DataFrame) or not all(
@@ -137,6 +137,7 @@ class DeltaOfflineStore(DaskOfflineStore):
                 registry,
                 project,
                 full_feature_names,
+                filter_by_created_timestamp=filter_by_created_timestamp,
                 **kwargs,
             )
         ts_col = _entity_timestamp_column(entity_df)
@@ -284,7 +285,7 @@ def _join_view(
 
     merge_asof runs on keys and timestamps only; feature values are then gathered by row number
     from the table converted once to pandas (list cells stay views on Arrow buffers)."""
-    source = fv.batch_source
+    source = cast(FileSource, fv.batch_source)  # a Delta FileSource: checked by is_delta()
     source_cols = {v: k for k, v in (source.field_mapping or {}).items()}  # feature -> column
     source_keys = [c.name for c in fv.entity_columns]
     keys = [fv.projection.join_key_map.get(k, k) for k in source_keys]

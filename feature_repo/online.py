@@ -65,12 +65,12 @@ class ItemVectors:
             if has.any():
                 out[has] = np.asarray([v for v, h in zip(values, has) if h], dtype=np.float32)
             vecs[field], present[field] = out[order], has[order]
-        values = {}
+        attr_values: dict[str, np.ndarray] = {}
         for name, column in (attrs or {}).items():
-            values[name] = np.empty(len(ids), dtype=object)
-            values[name][:] = list(column)
-            values[name] = values[name][order]
-        return cls(ids[order], vecs, present, values)
+            attr_values[name] = np.empty(len(ids), dtype=object)
+            attr_values[name][:] = list(column)
+            attr_values[name] = attr_values[name][order]
+        return cls(ids[order], vecs, present, attr_values)
 
     def take(
         self, item_ids, fields: Sequence[str] | None = None
@@ -154,8 +154,8 @@ def target_inputs(vectors: ItemVectors, item_ids, hist_ids, hist_mask) -> dict[s
 
 def candidate_features(
     user_id: int,
-    hist_item_ids: Sequence[int],
-    item_ids: Sequence[int],
+    hist_item_ids: Sequence[int] | np.ndarray,
+    item_ids: Sequence[int] | np.ndarray,
     vectors: ItemVectors,
     seq_len: int,
     time_slices: int,
@@ -184,7 +184,8 @@ def candidate_features(
         found=np.logical_or.reduce([found[f] for f in VECTORS]),
         present={f: found[f] for f in VECTORS},
         category=vectors.attr("category", items),
-        hist_category=np.where(hist_mask, vectors.attr("category", hist), None),
+        # numpy's stub rejects the None scalar that makes an object array with None in the gaps
+        hist_category=np.where(hist_mask, vectors.attr("category", hist), None),  # type: ignore[call-overload]
         hist_item_ids=hist,
         hist_mask=hist_mask,
         target_mm=target["fused"],

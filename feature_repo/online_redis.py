@@ -24,6 +24,7 @@ Only for the Redis online store (`reader(store)` is None for any other: SQLite r
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import cast
 
 from feast.infra.online_stores.helpers import _redis_key
 from feast.infra.online_stores.redis import RedisOnlineStore, _versioned_fv_name
@@ -55,12 +56,15 @@ class RedisReader:
             raise ValueError(f"refs of one feature view expected, got views {sorted(views)}")
         key_of, fv_name = self._view(views.pop(), join_key)
         names = [r.split(":", 1)[1] for r in refs]
+        # feast reads the FeatureView only when names or the override are missing
         requested, fields = self._online._generate_hset_keys_for_features(
-            None, list(names), fv_name_override=fv_name
+            None,  # type: ignore[arg-type]
+            list(names),
+            fv_name_override=fv_name,
         )
         rows = self._online._read_hash_fields(self.config, [(key_of(i), fields) for i in ids])
-        decoded = [
-            self._online._get_features_for_entity(values, fv_name, list(requested))[1]
+        decoded = [  # never None: `names` is not empty, and each gets a (maybe empty) ValueProto
+            cast(dict, self._online._get_features_for_entity(values, fv_name, list(requested))[1])
             for values in rows
         ]
         return {name: [row[name] for row in decoded] for name in names}

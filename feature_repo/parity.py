@@ -44,7 +44,9 @@ class ParityReport:
     seconds: float = 0.0
 
     def line(self) -> str:
-        worst = max(self.per_feature, key=self.per_feature.get) if self.max_abs_diff else "-"
+        worst = (
+            max(self.per_feature, key=self.per_feature.__getitem__) if self.max_abs_diff else "-"
+        )
         return (
             f"parity: rows {self.rows} ({self.users} users), max |online - offline| "
             f"{self.max_abs_diff:.3g} (worst {worst}), not found online {self.not_found_online}; "

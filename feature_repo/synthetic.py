@@ -10,6 +10,7 @@ path's assembly and feature_math). Only the vectors are made up: ids and times a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -85,9 +86,10 @@ def behaviour_states(interactions: pd.DataFrame, seq_len: int) -> pd.DataFrame:
     positives = interactions[interactions["label"] == 1].sort_values(
         ["user_id", "event_ts", "item_id"], kind="stable"
     )
-    out = {"user_id": [], "event_ts": [], "hist_item_ids": [], "hist_ts": []}
+    out: dict[str, list[Any]] = {"user_id": [], "event_ts": [], "hist_item_ids": [], "hist_ts": []}
     for user, group in positives.groupby("user_id", sort=True):
-        items, seconds = [], []
+        items: list[int] = []
+        seconds: list[int] = []
         for item, ts in zip(group["item_id"].tolist(), group["event_ts"]):
             items, seconds = ([item] + items)[:seq_len], ([int(ts.timestamp())] + seconds)[:seq_len]
             out["user_id"].append(user)

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import redis
@@ -203,7 +203,7 @@ async def _new_items(request: Request) -> list[dict]:
     if ctype.startswith("multipart/form-data"):
         form = await request.form()
         image = form.get("image")
-        raw = {k: v for k, v in form.items() if k != "image"}
+        raw: dict[str, Any] = {k: v for k, v in form.items() if k != "image"}
         if "item_id" in raw:
             raw["item_id"] = _int(raw["item_id"])
         if image is not None and not isinstance(image, UploadFile):
@@ -215,10 +215,10 @@ async def _new_items(request: Request) -> list[dict]:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise HTTPException(400, f"malformed JSON: {err}") from err
-        rows = body.get("items") if isinstance(body, dict) and "items" in body else [body]
-        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        items = body.get("items") if isinstance(body, dict) and "items" in body else [body]
+        if not isinstance(items, list) or not items or not all(isinstance(r, dict) for r in items):
             raise HTTPException(422, 'expected an item object or {"items": [item, ...]}')
-        rows = [{**r, "image": _b64(r.get("image"))} for r in rows]
+        rows = [{**r, "image": _b64(r.get("image"))} for r in items]
     else:
         raise HTTPException(415, "send multipart/form-data or application/json")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 BENCHMARKS = {"serve-load": "serving.benchmarks:serve_load"}
 
@@ -36,7 +37,7 @@ def serve_load() -> dict:
 
     cfg = get_config()
     load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
-    serve = {}
+    serve: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="mmi-serve-bench-") as tmp, RedisServer() as redis:
         bench, data, user, items = _setup(cfg, Path(tmp), redis.url)
         request = {"user_id": user, "item_ids": items}

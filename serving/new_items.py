@@ -15,6 +15,7 @@ import io
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -136,7 +137,8 @@ class _Publication:
     def __init__(self, cfg: Config, ids: list[int]):
         from mminterest import tables
 
-        self.cfg, self.ids, self.undo = cfg, ids, []
+        self.cfg, self.ids = cfg, ids
+        self.undo: list[Callable[[], None]] = []
         self.before = {
             name: tables.read(cfg.table(name), ids=ids) for name in ("items", "item_embeddings")
         }
