@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
 
 BENCHMARKS = {
     "delta-write": "spark_jobs.benchmarks:delta_write",
@@ -103,7 +107,7 @@ def interest_features() -> dict:
     }
 
 
-def _timed(run) -> tuple[float, object]:
+def _timed(run: Callable[[], T]) -> tuple[float, T]:
     started = time.perf_counter()
     out = run()
     return time.perf_counter() - started, out
@@ -261,7 +265,7 @@ def embed_items(n_items: int = 512, batch_size: int = 64) -> dict:
         )
         seconds, ref = _timed(lambda: encoder.embed(texts, paths, batch_size=batch_size))
         torch_s = min(torch_s, seconds)
-    got = embedded.toPandas().set_index("item_id").loc[items["item_id"]]
+    got = cast(pd.DataFrame, embedded.toPandas()).set_index("item_id").loc[items["item_id"]]
     diff = float(np.abs(np.stack(got["fused"].to_numpy()) - ref["fused"]).max())
     frame.unpersist()
     return {
@@ -428,7 +432,7 @@ def growth(runs: dict[int, dict[str, dict]]) -> dict:
     for k, jobs in runs.items():
         if k == 1:
             continue
-        rows = {}
+        rows: dict[str, dict[str, Any]] = {}
         for job, got in jobs.items():
             if job not in base or got["exit"] or base[job]["exit"]:
                 rows[job] = {"completed": not got["exit"]}

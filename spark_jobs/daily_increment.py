@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import statistics
 import time
+from typing import Any, cast
 
 import pandas as pd
 
@@ -79,10 +80,8 @@ def daily_increment(days: int = DAYS) -> dict:
     shutil.rmtree(root, ignore_errors=True)
     daily, rebuilt = load_config(home=root / "daily"), load_config(home=root / "rebuilt")
     spark = get_spark("mmi-bench-daily", cfg)
-    stamps = (
-        get_adapter(cfg.dataset).interactions(spark, cfg).select("event_ts").toPandas()["event_ts"]
-    )
-    stamps = pd.to_datetime(stamps, utc=True)
+    events = get_adapter(cfg.dataset).interactions(spark, cfg).select("event_ts")
+    stamps = pd.to_datetime(cast(pd.DataFrame, events.toPandas())["event_ts"], utc=True)
     last = stamps.max().floor("D")
     first = last - pd.Timedelta(days=days - 1)
     end = last + pd.Timedelta(days=1)
@@ -92,11 +91,14 @@ def daily_increment(days: int = DAYS) -> dict:
     load["behaviour"] = _timed(lambda: behaviour.run(daily, spark))
     load["interest"] = _timed(lambda: interest_features.run(daily, spark))
 
-    per_day = []
+    per_day: list[dict[str, Any]] = []
     for k in range(days):
         start = first + pd.Timedelta(days=k)
         stop = start + pd.Timedelta(days=1)
-        row = {"day": str(start.date()), "events": int(((stamps >= start) & (stamps < stop)).sum())}
+        row: dict[str, Any] = {
+            "day": str(start.date()),
+            "events": int(((stamps >= start) & (stamps < stop)).sum()),
+        }
         row["share"] = round(row["events"] / len(stamps), 5)
         for name, job in (
             ("ingest", ingest),
