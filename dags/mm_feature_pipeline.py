@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, CronDataIntervalTimetable
 from mm_ops import DEFAULT_ARGS, WINDOW, WINDOW_END, mmi, spark_job
 
 with DAG(
     dag_id="mm_feature_pipeline",
-    schedule="@daily",
+    # a day-long data interval per run: [D, D + 1 day) for logical date D (Airflow 3's "@daily"
+    # alone is a cron trigger whose interval is empty); a manual run takes the last full day
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from mminterest.config import REPO_ROOT
 
-_SECONDS = re.compile(r"^(?P<head>.*), (?P<s>\d+(?:\.\d+)?) s$")
+# "<counts>, <seconds> s", then optionally " | data docs <path>" (a path of that run's home)
+_SECONDS = re.compile(r"^(?P<head>.*), (?P<s>\d+(?:\.\d+)?) s(?: \| .*)?$")
 
 
 class JobFailed(RuntimeError):

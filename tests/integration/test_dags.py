@@ -253,12 +253,13 @@ def test_every_task_runs_its_entry_point_with_the_logical_date(probe):
 
 N_RATINGS, N_POSTERS = 1500, 20
 DATE, OTHER_DATE = "2026-11-20", "2026-11-21"
-N_LATER = 30  # real ratings of the slice stamped on OTHER_DATE: due in that day's run only
+N_LATER = 30  # real ratings stamped on DATE: in the data interval of OTHER_DATE's run only
 
 
 def _later_ratings() -> list[str]:
-    """The slice's first N_LATER ratings again (same users and items), at OTHER_DATE 12:00 + k s."""
-    noon = int(datetime.fromisoformat(f"{OTHER_DATE}T12:00:00+00:00").timestamp())
+    """The slice's first N_LATER ratings again (same users and items), at DATE 12:00 + k s: a
+    manual run for OTHER_DATE covers [DATE, OTHER_DATE), the one for DATE the day before."""
+    noon = int(datetime.fromisoformat(f"{DATE}T12:00:00+00:00").timestamp())
     head = (REAL_DATASET / "ratings.csv").read_text().splitlines()[1 : N_LATER + 1]
     return [",".join(line.split(",")[:3] + [str(noon + k)]) for k, line in enumerate(head)]
 
