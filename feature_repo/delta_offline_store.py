@@ -179,30 +179,15 @@ class DeltaOfflineStore(DaskOfflineStore):
         start_date: datetime | None = None,
         end_date: datetime | None = None,
     ) -> RetrievalJob:
-        if not is_delta(data_source):
-            return DaskOfflineStore.pull_latest_from_table_or_query(
-                config,
-                data_source,
-                join_key_columns,
-                feature_name_columns,
-                timestamp_field,
-                created_timestamp_column,
-                start_date,
-                end_date,
-            )
-        return FrameRetrievalJob(
-            lambda: _pull(
-                config,
-                data_source,
-                join_key_columns,
-                feature_name_columns,
-                timestamp_field,
-                created_timestamp_column,
-                start_date,
-                end_date,
-                latest=True,
-            )
+        args = (
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            created_timestamp_column,
+            start_date,
+            end_date,
         )
+        return _pull_job("pull_latest_from_table_or_query", config, data_source, args, latest=True)
 
     @staticmethod
     def pull_all_from_table_or_query(
@@ -215,30 +200,15 @@ class DeltaOfflineStore(DaskOfflineStore):
         start_date: datetime | None = None,
         end_date: datetime | None = None,
     ) -> RetrievalJob:
-        if not is_delta(data_source):
-            return DaskOfflineStore.pull_all_from_table_or_query(
-                config,
-                data_source,
-                join_key_columns,
-                feature_name_columns,
-                timestamp_field,
-                created_timestamp_column,
-                start_date,
-                end_date,
-            )
-        return FrameRetrievalJob(
-            lambda: _pull(
-                config,
-                data_source,
-                join_key_columns,
-                feature_name_columns,
-                timestamp_field,
-                created_timestamp_column,
-                start_date,
-                end_date,
-                latest=False,
-            )
+        args = (
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            created_timestamp_column,
+            start_date,
+            end_date,
         )
+        return _pull_job("pull_all_from_table_or_query", config, data_source, args, latest=False)
 
     @staticmethod
     def offline_write_batch(config, feature_view, table, progress):
@@ -337,6 +307,17 @@ def _gather(values: np.ndarray, rows: np.ndarray, missing: np.ndarray) -> np.nda
     out = out.astype(np.float64 if out.dtype.kind in "iuf" else object)
     out[missing] = np.nan if out.dtype.kind == "f" else None
     return out
+
+
+PullArgs = tuple[list[str], list[str], str, str | None, datetime | None, datetime | None]
+
+
+def _pull_job(method: str, config, source, args: PullArgs, latest: bool) -> RetrievalJob:
+    """Feast's pull `method` (args: join keys, features, timestamp fields, start, end): Delta
+    sources through `_pull`, any other source through Dask's."""
+    if not is_delta(source):
+        return getattr(DaskOfflineStore, method)(config, source, *args)
+    return FrameRetrievalJob(lambda: _pull(config, source, *args, latest=latest))
 
 
 def _pull(
