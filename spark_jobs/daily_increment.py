@@ -33,6 +33,7 @@ JOBS = ("ingest", "behaviour", "interest")
 
 
 def _timed(fn, *args, **kwargs) -> float:
+    """Seconds `fn(*args, **kwargs)` takes."""
     started = time.perf_counter()
     fn(*args, **kwargs)
     return round(time.perf_counter() - started, 2)
@@ -86,10 +87,10 @@ def daily_increment(days: int = DAYS) -> dict:
     first = last - pd.Timedelta(days=days - 1)
     end = last + pd.Timedelta(days=1)
 
-    load = {"ingest": _timed(lambda: ingest.run(daily, spark, end=first))}
+    load = {"ingest": _timed(ingest.run, daily, spark, end=first)}
     _embeddings(spark, daily, cfg.table("item_embeddings"))
-    load["behaviour"] = _timed(lambda: behaviour.run(daily, spark))
-    load["interest"] = _timed(lambda: interest_features.run(daily, spark))
+    load["behaviour"] = _timed(behaviour.run, daily, spark)
+    load["interest"] = _timed(interest_features.run, daily, spark)
 
     per_day: list[dict[str, Any]] = []
     for k in range(days):
@@ -109,10 +110,10 @@ def daily_increment(days: int = DAYS) -> dict:
         per_day.append(row)
         print(f"daily-increment: {row}", flush=True)
 
-    full = {"ingest": _timed(lambda: ingest.run(rebuilt, spark, end=end))}
+    full = {"ingest": _timed(ingest.run, rebuilt, spark, end=end)}
     _embeddings(spark, rebuilt, daily.table("item_embeddings"))
-    full["behaviour"] = _timed(lambda: behaviour.run(rebuilt, spark))
-    full["interest"] = _timed(lambda: interest_features.run(rebuilt, spark))
+    full["behaviour"] = _timed(behaviour.run, rebuilt, spark)
+    full["interest"] = _timed(interest_features.run, rebuilt, spark)
     equal = _equal(daily, rebuilt)
 
     small = [r for r in per_day if r["share"] <= SMALL_DAY]
