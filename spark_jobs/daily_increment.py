@@ -22,13 +22,7 @@ import pandas as pd
 
 DAYS = 30
 GOAL_SPEEDUP, SMALL_DAY = 5.0, 0.01
-TABLES = {
-    "interactions": ["user_id", "item_id", "event_ts"],
-    "items": ["item_id"],
-    "quarantine": ["source", "record_hash"],
-    "user_behaviour": ["user_id", "event_ts"],
-    "interest_features": ["user_id", "item_id", "event_ts"],
-}
+TABLES = ("interactions", "items", "quarantine", "user_behaviour", "interest_features")
 JOBS = ("ingest", "behaviour", "interest")
 
 
@@ -51,21 +45,10 @@ def _embeddings(spark, cfg, source) -> None:
 
 
 def _equal(a, b) -> dict[str, bool]:
-    from deltalake import DeltaTable
+    from spark_jobs.table_compare import differences, snapshot
 
-    def frame(cfg, name):
-        return (
-            DeltaTable(cfg.table(name)).to_pandas().sort_values(TABLES[name]).reset_index(drop=True)
-        )
-
-    out = {}
-    for name in TABLES:
-        try:
-            pd.testing.assert_frame_equal(frame(a, name), frame(b, name))
-            out[name] = True
-        except AssertionError:
-            out[name] = False
-    return out
+    diff = differences(snapshot(a, TABLES), snapshot(b, TABLES))
+    return {name: name not in diff for name in TABLES}
 
 
 def daily_increment(days: int = DAYS) -> dict:

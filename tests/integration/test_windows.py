@@ -15,6 +15,7 @@ from deltalake import DeltaTable
 
 from mminterest.config import load_config
 from spark_jobs import behaviour, delta_io, increments, ingest, interest_features
+from spark_jobs.table_compare import KEYS, assert_equal, snapshot
 from tests.conftest import REAL_DATASET
 from tests.integration.test_interest_features import write_embeddings
 
@@ -24,13 +25,7 @@ DAY = pd.Timedelta(days=1)
 # arrives with the last day's source, stamped before user 73's events of 2016-10-10 (a positive:
 # every later state and row of user 73 changes, and user 73 has no event in the last window)
 LATE = "73,1,5.0," + str(int(pd.Timestamp("2016-10-09 12:00", tz="UTC").timestamp()))
-TABLES = {
-    "interactions": ["user_id", "item_id", "event_ts"],
-    "items": ["item_id"],
-    "quarantine": ["source", "record_hash"],
-    "user_behaviour": ["user_id", "event_ts"],
-    "interest_features": ["user_id", "item_id", "event_ts"],
-}
+TABLES = {t: KEYS[t] for t in KEYS if t != "item_embeddings"}  # written once, up front
 DERIVED = ("user_behaviour", "interest_features")
 
 
@@ -67,20 +62,6 @@ def _day(spark, cfg, start, end):
     behaviour.run(cfg, spark, start=start, end=end)
     interest_features.run(cfg, spark, start=start, end=end)
     return summary
-
-
-def _snapshot(cfg, tables=TABLES) -> dict[str, pd.DataFrame]:
-    return {
-        t: DeltaTable(cfg.table(t)).to_pandas().sort_values(TABLES[t]).reset_index(drop=True)
-        for t in tables
-    }
-
-
-def _assert_equal(got: dict, want: dict) -> None:
-    assert set(got) == set(want)
-    for name in want:
-        assert len(got[name]) == len(want[name]), name
-        pd.testing.assert_frame_equal(got[name], want[name], obj=name)
 
 
 def _source_events(dataset, end) -> pd.DataFrame:
@@ -122,8 +103,8 @@ def runs(spark, tmp_path_factory):
 
 def test_daily_windows_with_a_late_event_equal_one_full_run(runs):
     daily, full, summaries, late = runs
-    got = _snapshot(daily)
-    _assert_equal({t: got[t] for t in DERIVED}, _snapshot(full, DERIVED))
+    got = snapshot(daily, TABLES)
+    assert_equal({t: got[t] for t in DERIVED}, snapshot(full, DERIVED))
     events = _source_events(late, DAYS[-1] + DAY)
     pd.testing.assert_frame_equal(got["interactions"], events, check_dtype=False)
     first_seen = events.groupby("item_id").event_ts.min()
@@ -147,10 +128,10 @@ def test_daily_windows_with_a_late_event_equal_one_full_run(runs):
 
 def test_rerunning_a_day_leaves_the_tables_unchanged(runs, spark):
     daily = runs[0]
-    before = _snapshot(daily)
+    before = snapshot(daily, TABLES)
     summary = _day(spark, daily, DAYS[1], DAYS[1] + DAY)
     assert summary.written["interactions"] == 0
-    _assert_equal(_snapshot(daily), before)
+    assert_equal(snapshot(daily, TABLES), before)
 
 
 def test_nothing_new_and_no_window_event_writes_nothing(runs, spark):
