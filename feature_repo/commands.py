@@ -42,8 +42,8 @@ def _materialize(args) -> int:
 
 
 def _parity(args) -> int:
-    from feature_repo import parity
     from mminterest.config import get_config
+    from serving import parity
 
     report = parity.check(get_config(), sample=args.sample)
     print(report.line())

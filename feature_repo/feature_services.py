@@ -21,7 +21,7 @@ ctr_training = FeatureService(
 
 # Online: the user's history, and the vectors and attributes (category, has-image) of history and
 # candidate items, so an item added after training is scored with its content and category; the
-# target-dependent features are computed from them at request time (feature_repo/online.py).
+# target-dependent features are computed from them at request time (serving/online.py).
 ctr_serving = FeatureService(
     name="ctr_serving",
     features=[

@@ -65,7 +65,7 @@ user_behaviour = FeatureView(
 )
 
 # Offline only: one row per labelled (user, item, ts). Online, the ranker computes the same
-# features at request time with feature_math (feature_repo/online.py).
+# features at request time with feature_math (serving/online.py).
 interest_features = FeatureView(
     name="interest_features",
     entities=[user, item],

@@ -16,7 +16,7 @@ import time
 
 from mminterest.config import get_config
 
-AREAS = ["spark_jobs", "feature_repo", "training", "serving"]
+AREAS = ["spark_jobs", "training", "serving"]
 
 
 def benchmarks() -> dict[str, str]:

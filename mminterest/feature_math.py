@@ -1,6 +1,6 @@
 """Target-dependent features: THE one definition, shared by the offline Spark job
 (`spark_jobs/interest_features.py`, on Arrow batches) and the online ranker
-(`feature_repo/online.py`, one user against ~200 candidates). numpy only.
+(`serving/online.py`, one user against ~200 candidates). numpy only.
 
 Conventions (CONTRACTS.md):
 

@@ -17,10 +17,14 @@ import pandas as pd
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from feature_repo.online import MODALITIES, ItemVectors, candidate_features
 from mminterest import schemas
+from mminterest.candidates import ItemVectors, candidate_features
+from mminterest.schemas import MODALITIES
 
 _TS = schemas.TS
+# Vector widths for tables made here when the embedding job has not run: MiniLM text (384),
+# a ViT-base image tower (768), a 256-wide fused vector.
+DIMS = {"img": 768, "txt": 384, "fused": 256}
 _ONE_US = pd.Timedelta(microseconds=1)
 
 

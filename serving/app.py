@@ -131,7 +131,7 @@ class Service:
         if self._features is None:
             with self._lock:
                 if self._features is None:
-                    from feature_repo.online import OnlineFeatures
+                    from serving.online import OnlineFeatures
 
                     try:
                         self._features = OnlineFeatures.from_config(self.cfg)

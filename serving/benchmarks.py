@@ -21,7 +21,7 @@ def serve_load() -> dict:
     driven on loopback by httpx clients (REQUESTS after WARMUP at each of CONCURRENCY clients),
     side by side with the bare reads of the same entities in this process (the user's history,
     then the T + 200 items' vectors; no HTTP, no cache, no model): Feast's `get_online_features`,
-    and the ranker's direct Redis reader (feature_repo/online_redis.py). The first model is also
+    and the ranker's direct Redis reader (serving/online_redis.py). The first model is also
     served over the old read path (`get_online_features` per request, `fast_read=False`).
 
     Data: the project's feature tables when `<home>/FEATURES_READY` exists, else synthetic tables
@@ -137,17 +137,18 @@ def _setup(cfg, tmp, redis_url):
 def _synthetic_tables(bench) -> None:
     import pandas as pd
 
-    from feature_repo import synthetic
-    from feature_repo.benchmarks import DIMS
+    from mminterest import synthetic_tables
 
-    interactions = synthetic.random_interactions(
+    interactions = synthetic_tables.random_interactions(
         users=50,
         items=5000,
         rows=20_000,
         start=pd.Timestamp("2024-01-01", tz="UTC"),
         seed=bench.seed,
     )
-    synthetic.write_tables(bench, interactions, DIMS, without_img=range(1, 5001, 3))
+    synthetic_tables.write_tables(
+        bench, interactions, synthetic_tables.DIMS, without_img=range(1, 5001, 3)
+    )
 
 
 def _models(cfg, bench, tmp) -> dict[str, Path]:
@@ -310,8 +311,8 @@ def _bare_load(bench, user: int, items: list[int], fast: bool) -> dict:
     """The same entities read bare at each of CONCURRENCY clients: the user's history, then the
     vectors of its items and the candidates (no cache, no feature math, no model), through
     `get_online_features` or (`fast`) the ranker's direct Redis reader; CPU is this process's."""
-    from feature_repo.online_redis import RedisReader
     from feature_repo.store_config import open_store
+    from serving.online_redis import RedisReader
 
     store = open_store(bench)
     reader = RedisReader(store)
@@ -344,9 +345,9 @@ def _serve_feast_path(port: int) -> None:
     import torch
     import uvicorn
 
-    from feature_repo.online import OnlineFeatures
     from mminterest.config import get_config
     from serving.app import create_app
+    from serving.online import OnlineFeatures
 
     torch.set_num_threads(1)
     cfg = get_config()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feature_repo.online import CandidateFeatures
+from mminterest.candidates import CandidateFeatures
 from mminterest.schemas import VECTORS
 from training.batch import make_batch
 from training.models import CTRModel, load_model

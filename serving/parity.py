@@ -18,14 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feature_repo.delta_offline_store import live_dataset
-from feature_repo.online import (
-    MODALITIES,
-    VECTORS,
-    CandidateFeatures,
-    ItemVectors,
-    OnlineFeatures,
-    candidate_features,
-)
+from mminterest.candidates import CandidateFeatures, ItemVectors, candidate_features
+from mminterest.schemas import MODALITIES, VECTORS
+from serving.online import OnlineFeatures
 
 COMPARED = ("target_mm", "hist_mm") + tuple(
     f"{k}_{m}" for m in MODALITIES for k in ("sim", "sim_mask", "dist")

@@ -117,8 +117,7 @@ def _interest_inputs(cfg, spark, tmp):
     """(config whose home holds interactions, user_behaviour, item_embeddings; description)."""
     import shutil
 
-    from feature_repo import synthetic
-    from feature_repo.benchmarks import DIMS
+    from mminterest import synthetic_tables
     from spark_jobs import behaviour, delta_io
 
     have = {n: delta_io.exists(cfg.table(n)) for n in ("user_behaviour", "item_embeddings")}
@@ -134,15 +133,18 @@ def _interest_inputs(cfg, spark, tmp):
         notes.append("user_behaviour built by behaviour.states")
     if not have["item_embeddings"]:
         items = delta_io.read(spark, cfg.table("items")).select("item_id", "image_path").toPandas()
-        table = synthetic.item_embeddings(
+        table = synthetic_tables.item_embeddings(
             items["item_id"],
             [None] * len(items),
-            DIMS,
+            synthetic_tables.DIMS,
             items.loc[items["image_path"].isna(), "item_id"],
             cfg.seed,
         )
         delta_io.write(spark.createDataFrame(table), made.table("item_embeddings"))
-        notes.append(f"RANDOM item vectors {DIMS} (embedding job not run; no img where no poster)")
+        notes.append(
+            f"RANDOM item vectors {synthetic_tables.DIMS} (embedding job not run; no img where "
+            "no poster)"
+        )
     return made, "ingested interactions; " + "; ".join(notes)
 
 
@@ -153,8 +155,9 @@ def _numpy_interest(cfg):
     import pyarrow as pa
     from deltalake import DeltaTable
 
-    from feature_repo import feature_math
-    from feature_repo.online import MODALITIES, ItemVectors, target_inputs
+    from mminterest import feature_math
+    from mminterest.candidates import ItemVectors, target_inputs
+    from mminterest.schemas import MODALITIES
     from spark_jobs.interest_features import chunk_rows
 
     rows = (

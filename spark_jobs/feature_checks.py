@@ -19,8 +19,8 @@ import great_expectations.expectations as gxe
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from feature_repo.online import MODALITIES
 from mminterest.config import Config
+from mminterest.schemas import MODALITIES
 from spark_jobs.validation import Check, SuiteResult, run_suite
 
 KEY = "_key"  # "user:item:ts" string naming each checked row in the GE report

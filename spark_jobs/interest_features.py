@@ -28,10 +28,10 @@ from pyspark import TaskContext
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from feature_repo import feature_math
-from feature_repo.online import MODALITIES, ItemVectors, target_inputs
+from mminterest import feature_math
+from mminterest.candidates import ItemVectors, target_inputs
 from mminterest.config import Config, get_config
-from mminterest.schemas import utc
+from mminterest.schemas import MODALITIES, utc
 from spark_jobs import delta_io, increments
 from spark_jobs.behaviour import TABLE as BEHAVIOUR
 from spark_jobs.job import JobSummary, require

@@ -131,7 +131,7 @@ def build(
 ) -> Summary:
     """Build the training set `name` from the labelled interactions with start <= event_ts < end."""
     from feature_repo.store_config import open_store
-    from feature_repo.training_frame import get_training_frame
+    from training.training_frame import get_training_frame
 
     cfg = cfg or get_config()
     t0 = time.time()

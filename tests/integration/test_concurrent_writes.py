@@ -19,11 +19,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from feature_repo import repo
-from feature_repo.online import OnlineFeatures
 from feature_repo.store_config import open_store
 from mminterest import schemas, tables
 from mminterest.config import load_config
 from serving.app import create_app
+from serving.online import OnlineFeatures
 from tests.conftest import REAL_DATASET, tiny_encoder
 
 WRITERS = 16  # simultaneous POST /items

@@ -11,12 +11,13 @@ import pytest
 from deltalake import DeltaTable
 from feast import FeatureStore, RepoConfig
 
-from feature_repo import repo, synthetic
+from feature_repo import repo
 from feature_repo.delta_offline_store import CLASS_PATH
-from feature_repo.online import OnlineFeatures
 from feature_repo.store_config import open_store, repo_config
-from feature_repo.training_frame import get_training_frame
+from mminterest import synthetic_tables
 from mminterest.config import load_config
+from serving.online import OnlineFeatures
+from training.training_frame import get_training_frame
 
 T0 = pd.Timestamp("2020-01-01", tz="UTC")
 DIMS = {"img": 6, "txt": 5, "fused": 4}
@@ -27,8 +28,10 @@ NO_IMG = [2, 3]
 def built(tmp_path):
     """(cfg, applied store, interactions) over small synthetic Delta tables; T=8, l=4, n=5."""
     cfg = load_config(home=tmp_path / "mmi", seq_len=8, time_slices=4, sim_bins=5)
-    interactions = synthetic.random_interactions(users=6, items=30, rows=200, start=T0, seed=1)
-    synthetic.write_tables(cfg, interactions, DIMS, without_img=NO_IMG)
+    interactions = synthetic_tables.random_interactions(
+        users=6, items=30, rows=200, start=T0, seed=1
+    )
+    synthetic_tables.write_tables(cfg, interactions, DIMS, without_img=NO_IMG)
     store = open_store(cfg)
     repo.apply(store)
     return cfg, store, interactions
@@ -157,7 +160,7 @@ def test_training_frame_joins_point_in_time(built):
     )
     frame = get_training_frame(store, entities)
     assert len(frame) == len(entities)
-    states = synthetic.behaviour_states(interactions, cfg.seq_len)
+    states = synthetic_tables.behaviour_states(interactions, cfg.seq_len)
     for _, row in frame.iloc[::7].iterrows():
         mine = states[(states.user_id == row.user_id) & (states.event_ts <= row.event_timestamp)]
         want = mine.iloc[-1].hist_item_ids if len(mine) else None
@@ -174,7 +177,7 @@ def test_materialize_incremental_then_latest(built):
     user = int(positives.user_id.value_counts().idxmax())
     times = positives[positives.user_id == user].event_ts
     mid = times.iloc[len(times) // 2] + pd.Timedelta(seconds=1)
-    states = synthetic.behaviour_states(interactions, cfg.seq_len)
+    states = synthetic_tables.behaviour_states(interactions, cfg.seq_len)
     states = states[states.user_id == user]
 
     line = repo.materialize(store, end=mid.to_pydatetime())

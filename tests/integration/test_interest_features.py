@@ -11,7 +11,7 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
-from feature_repo import feature_math
+from mminterest import feature_math
 from spark_jobs import delta_io, interest_features
 from spark_jobs.feature_checks import FeatureCheckError
 from tests.integration.test_behaviour import (  # noqa: F401 (behaviour_home: a shared fixture)

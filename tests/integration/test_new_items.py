@@ -8,10 +8,10 @@ import pytest
 from deltalake import DeltaTable
 
 from feature_repo import repo
-from feature_repo.online import OnlineFeatures
 from feature_repo.store_config import open_store
 from mminterest.config import load_config
 from serving.new_items import NewItemError, add_items
+from serving.online import OnlineFeatures
 from tests.conftest import REAL_DATASET, tiny_encoder
 from training.content.item_rows import content_hash
 

@@ -1,4 +1,4 @@
-"""The ranker's direct Redis reader (feature_repo/online_redis.py) against Feast's own read path,
+"""The ranker's direct Redis reader (serving/online_redis.py) against Feast's own read path,
 on a real redis-server: the same ValueProtos for present, absent and freshly written entities, and
 the same scores through the whole ranker."""
 
@@ -7,12 +7,14 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from feature_repo import online_redis, repo, synthetic
-from feature_repo.online import OnlineFeatures
+from feature_repo import repo
 from feature_repo.store_config import open_store
 from infra.redis_server import RedisServer
+from mminterest import synthetic_tables
 from mminterest.config import load_config
+from serving import online_redis
 from serving.model import Ranker
+from serving.online import OnlineFeatures
 from training.models import ModelConfig, build_model
 from training.vocab import Vocab
 
@@ -34,8 +36,10 @@ def built(tmp_path_factory):
             time_slices=4,
             sim_bins=5,
         )
-        interactions = synthetic.random_interactions(users=6, items=40, rows=300, start=T0, seed=2)
-        synthetic.write_tables(cfg, interactions, DIMS, without_img=range(1, 41, 3))
+        interactions = synthetic_tables.random_interactions(
+            users=6, items=40, rows=300, start=T0, seed=2
+        )
+        synthetic_tables.write_tables(cfg, interactions, DIMS, without_img=range(1, 41, 3))
         store = open_store(cfg)
         repo.apply(store)
         repo.materialize(store)

@@ -1,6 +1,6 @@
 """Online/offline parity through Feast's SQLite and Redis online stores, and `mmi features ...`,
 against the tables of the real Spark jobs (behaviour, interest_features) on a small synthetic input;
-and feature_repo/synthetic.py, the pandas stand-in other tests use, equal to those jobs' output."""
+and mminterest/synthetic_tables.py, the pandas stand-in other tests use, equal to those jobs' output."""
 
 import shutil
 
@@ -10,11 +10,12 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from feature_repo import parity, repo, synthetic
+from feature_repo import repo
 from feature_repo.store_config import open_store
 from infra.redis_server import RedisServer
-from mminterest import cli, schemas
+from mminterest import cli, schemas, synthetic_tables
 from mminterest.config import get_config, load_config
+from serving import parity
 from spark_jobs import behaviour, delta_io, interest_features
 
 T0 = pd.Timestamp("2021-03-01", tz="UTC")
@@ -36,7 +37,9 @@ def homes(spark, tmp_path_factory):
     jobs = load_config(
         home=root / "spark", spark_master="local[2]", spark_shuffle_partitions=4, **SMALL
     )
-    interactions = synthetic.random_interactions(users=8, items=60, rows=400, start=T0, seed=5)
+    interactions = synthetic_tables.random_interactions(
+        users=8, items=60, rows=400, start=T0, seed=5
+    )
     tie = interactions.iloc[0]
     interactions = pd.concat(
         [
@@ -52,7 +55,7 @@ def homes(spark, tmp_path_factory):
         ],
         ignore_index=True,
     ).astype({"label": np.int32})
-    synthetic.write_tables(made, interactions, DIMS, without_img=range(1, 63, 4))
+    synthetic_tables.write_tables(made, interactions, DIMS, without_img=range(1, 63, 4))
     write_deltalake(
         jobs.table("interactions"),
         schemas.table(

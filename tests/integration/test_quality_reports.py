@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 
 from feature_repo import commands as feature_commands
-from feature_repo import repo, synthetic
+from feature_repo import repo
 from feature_repo.store_config import open_store
+from mminterest import synthetic_tables
 from mminterest.config import get_config, load_config
 from spark_jobs import commands as job_commands
 from spark_jobs.feature_checks import FeatureCheckError, publish_gate
@@ -90,7 +91,7 @@ def feature_home(tmp_path, monkeypatch):
     monkeypatch.setenv("MMI_HOME", str(tmp_path / "mmi"))
     get_config.cache_clear()
     cfg = get_config()
-    events = synthetic.random_interactions(
+    events = synthetic_tables.random_interactions(
         users=4, items=12, rows=80, days=10, seed=2, start=pd.Timestamp("2020-01-01", tz="UTC")
     )
     newest = pd.Timestamp(events.loc[events["label"] == 1, "event_ts"].max()).tz_convert(
@@ -102,7 +103,7 @@ def feature_home(tmp_path, monkeypatch):
             "valid_from_ts": newest - pd.Timedelta(hours=1),
         }
     )  # embedded an hour before
-    synthetic.write_tables(cfg, events, {"img": 4, "txt": 3, "fused": 2}, items=items)
+    synthetic_tables.write_tables(cfg, events, {"img": 4, "txt": 3, "fused": 2}, items=items)
     repo.apply(open_store(cfg))
     yield cfg, newest.to_pydatetime()
     get_config.cache_clear()

@@ -19,11 +19,12 @@ from deltalake import DeltaTable
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from feature_repo import repo, synthetic
-from feature_repo.online import ItemVectors, candidate_features
+from feature_repo import repo
 from feature_repo.store_config import open_store
 from infra.procs import free_port
 from infra.redis_server import RedisServer
+from mminterest import synthetic_tables
+from mminterest.candidates import ItemVectors, candidate_features
 from mminterest.config import load_config
 from serving.app import create_app
 from serving.model import Ranker
@@ -46,7 +47,7 @@ COLD_USER, NEW_USER, MISSING_ITEM = 9, 12_345, 99_999
 
 
 def _interactions() -> pd.DataFrame:
-    rows = synthetic.random_interactions(users=8, items=ITEMS, rows=400, start=T0, seed=5)
+    rows = synthetic_tables.random_interactions(users=8, items=ITEMS, rows=400, start=T0, seed=5)
     cold = pd.DataFrame(
         {
             "user_id": [COLD_USER] * 3,
@@ -142,7 +143,7 @@ def _home(tmp_path, model_dir, online_store, redis_url="127.0.0.1:6379"):
         model_dir=model_dir,
         **SMALL,
     )
-    synthetic.write_tables(cfg, _interactions(), DIMS, without_img=range(1, ITEMS + 1, 4))
+    synthetic_tables.write_tables(cfg, _interactions(), DIMS, without_img=range(1, ITEMS + 1, 4))
     store = open_store(cfg)
     repo.apply(store)
     repo.materialize(store)

@@ -1,4 +1,4 @@
-"""feature_repo.feature_math: hand-computed cases, contract invariants, and a brute-force
+"""mminterest.feature_math: hand-computed cases, contract invariants, and a brute-force
 Python reference on random data."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from feature_repo import feature_math as fm
+from mminterest import feature_math as fm
 
 
 def _reference(target, history, mask, l, n):
