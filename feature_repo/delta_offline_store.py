@@ -12,15 +12,21 @@ row with every feature row of its key before filtering, which does not fit in me
 sequences (MovieLens: 22 M pairs of 64-long arrays). Semantics are Feast's: the latest feature row
 with timestamp <= the entity row's (and >= it - ttl when the view has a ttl); unlike the stock
 join, every entity row comes back, in the order given (`training_frame.get_training_frame` still
-guards Trap 2 for any store). Non-Delta sources fall back to the stock store.
+guards Trap 2 for any store). The job also gives the join in slices of entity rows
+(`SlicedRetrievalJob.slices`: a grace join over one join key's ranges, each feature table read
+once), so a training set larger than memory is built slice by slice. Materialisation's newest row
+per key is selected in one streaming pass (memory: about one row per key, not the table).
+Non-Delta sources fall back to the stock store.
 
 Named by its class path in feature_repo/feature_store.yaml (`offline_store: {type: CLASS_PATH}`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Literal, cast
 
 import numpy as np
@@ -28,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from feast.data_format import DeltaFormat
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL, FeatureView
@@ -43,6 +50,7 @@ from feast.utils import (
 
 CLASS_PATH = "feature_repo.delta_offline_store.DeltaOfflineStore"
 _UTC_NS = "datetime64[ns, UTC]"
+_BATCH_ROWS = 16_384  # rows per streamed batch of a feature table (~23 MB of interest features)
 
 
 class DeltaOfflineStoreConfig(DaskOfflineStoreConfig):
@@ -111,6 +119,32 @@ class FrameRetrievalJob(RetrievalJob):
         return False
 
 
+class SlicedRetrievalJob(FrameRetrievalJob):
+    """A point-in-time join that can also be consumed in slices of entity rows (`slices`), so a
+    training set larger than memory is written slice by slice."""
+
+    def __init__(
+        self,
+        slices: Callable[[int | None], Iterator[pd.DataFrame]],
+        full_feature_names: bool = False,
+        on_demand_feature_views: Sequence[OnDemandFeatureView] = (),
+        metadata: RetrievalMetadata | None = None,
+    ):
+        super().__init__(
+            lambda: next(iter(slices(None))),
+            full_feature_names,
+            on_demand_feature_views,
+            metadata,
+        )
+        self._slices = slices
+
+    def slices(self, rows: int) -> Iterator[pd.DataFrame]:
+        """The joined rows as frames of about `rows` entity rows (rows sharing a join key value
+        stay together); each frame's index holds its rows' positions in the entity frame.
+        On-demand views are not applied here."""
+        return self._slices(rows)
+
+
 class DeltaOfflineStore(DaskOfflineStore):
     """File offline store that reads only the live files of Delta sources."""
 
@@ -144,15 +178,10 @@ class DeltaOfflineStore(DaskOfflineStore):
         odfvs = _get_requested_on_demand_feature_views(feature_refs, project, registry)
         views, _ = _get_requested_feature_views_to_features_dict(feature_refs, feature_views, odfvs)
 
-        def evaluate() -> pd.DataFrame:
+        def slices(rows: int | None) -> Iterator[pd.DataFrame]:
             entities = entity_df.reset_index(drop=True)
             entities[ts_col] = as_utc(entities[ts_col]).astype(_UTC_NS)
-            columns = {}
-            for fv, features in views.items():
-                columns.update(
-                    _join_view(entities, ts_col, fv, features, config.repo_path, full_feature_names)
-                )
-            return pd.concat([entities, pd.DataFrame(columns)], axis=1)
+            return _join_views(entities, ts_col, views, config.repo_path, full_feature_names, rows)
 
         ts = as_utc(entity_df[ts_col])
         metadata = RetrievalMetadata(
@@ -161,8 +190,8 @@ class DeltaOfflineStore(DaskOfflineStore):
             min_event_timestamp=ts.min().to_pydatetime(),
             max_event_timestamp=ts.max().to_pydatetime(),
         )
-        return FrameRetrievalJob(
-            evaluate,
+        return SlicedRetrievalJob(
+            slices,
             full_feature_names,
             OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry),
             metadata,
@@ -243,57 +272,194 @@ def _ts_scalar(value) -> pa.Scalar:
     return pa.scalar(stamp, type=pa.timestamp("us", tz="UTC"))
 
 
+class _ViewRead:
+    """What the join reads of one feature view: its Delta source, join keys, feature columns."""
+
+    def __init__(self, fv: FeatureView, features: list[str], repo_path):
+        source = cast(FileSource, fv.batch_source)  # a Delta FileSource: checked by is_delta()
+        self.fv, self.features, self.source = fv, features, source
+        self.path = source_path(source, repo_path)
+        self.column = {v: k for k, v in (source.field_mapping or {}).items()}  # feature -> column
+        self.source_keys = [c.name for c in fv.entity_columns]
+        self.keys = [fv.projection.join_key_map.get(k, k) for k in self.source_keys]
+        self.ttl = pd.Timedelta(fv.ttl) if fv.ttl and fv.ttl.total_seconds() > 0 else None
+        self.columns = list(
+            dict.fromkeys(
+                self.source_keys
+                + [source.timestamp_field]
+                + [self.column.get(f, f) for f in features]
+            )
+        )
+
+    def dataset(self) -> pads.Dataset:
+        return live_dataset(self.path)
+
+    def bytes(self) -> int:
+        """Size of the table's live files (the weight of a view when choosing the slicing key)."""
+        sizes = pa.table(DeltaTable(self.path).get_add_actions(flatten=True))["size_bytes"]
+        return int(pc.sum(sizes).as_py() or 0)
+
+
+def _join_views(
+    entities: pd.DataFrame,
+    ts_col: str,
+    views: dict[FeatureView, list[str]],
+    repo_path,
+    full_feature_names: bool,
+    rows: int | None = None,
+) -> Iterator[pd.DataFrame]:
+    """The point-in-time join of `entities` with `views`, as frames of about `rows` entity rows
+    (None: one frame); each frame's index holds its rows' positions in `entities`.
+
+    Several slices: the entity rows are cut into ranges of one join key (the one of the largest
+    views), each view holding that key is read ONCE and its rows spilled to one Parquet file per
+    range (a grace join: the tables need no particular layout), and a slice joins only its range's
+    file; views without the key are read whole once (they must fit in memory: item vectors)."""
+    reads = [_ViewRead(fv, features, repo_path) for fv, features in views.items()]
+    if rows is None or len(entities) <= rows:
+        yield _join_slice(
+            entities, ts_col, reads, [_read_all(r) for r in reads], full_feature_names
+        )
+        return
+    key = max(
+        {k for r in reads for k in r.keys if k in entities.columns},
+        key=lambda k: (sum(r.bytes() for r in reads if k in r.keys), k),
+    )
+    values = entities[key].to_numpy()
+    bounds = _bounds(values, rows)
+    slice_of = np.clip(np.searchsorted(bounds, values, side="right") - 1, 0, None)
+    top, newest = values.max(), as_utc(entities[ts_col]).max()
+    with tempfile.TemporaryDirectory(prefix="mmi-pit-join-") as tmp:
+        spilled = {
+            id(r): _spill(
+                r, r.source_keys[r.keys.index(key)], bounds, top, newest, Path(tmp, str(i))
+            )
+            for i, r in enumerate(reads)
+            if key in r.keys
+        }
+        whole = {id(r): _read_all(r) for r in reads if key not in r.keys}
+
+        def table(r: _ViewRead, s: int) -> pa.Table:
+            if id(r) in whole:
+                return whole[id(r)]
+            file = spilled[id(r)][s]
+            return pq.read_table(file) if file else _read_all(r, filter=pc.scalar(False))
+
+        for s in range(len(bounds)):
+            part = entities[slice_of == s]
+            if len(part):
+                yield _join_slice(
+                    part, ts_col, reads, [table(r, s) for r in reads], full_feature_names
+                )
+
+
+def _read_all(r: _ViewRead, filter=None) -> pa.Table:
+    return r.dataset().to_table(columns=r.columns, filter=filter)
+
+
+def _bounds(values: np.ndarray, rows: int) -> np.ndarray:
+    """The first key value of each slice: sorted key values cut every ~`rows` rows (a value is
+    never split, so a slice holds all rows of its keys)."""
+    keys, counts = np.unique(values, return_counts=True)
+    ends = np.cumsum(counts)
+    starts = np.concatenate([[0], ends[:-1]])
+    return keys[np.flatnonzero(np.diff(starts // rows, prepend=-1) > 0)]
+
+
+def _spill(
+    r: _ViewRead, key: str, bounds: np.ndarray, top, newest: pd.Timestamp, directory: Path
+) -> list[Path | None]:
+    """One streaming read of the view (rows with bounds[0] <= key <= `top`, ts <= `newest`) into
+    one Parquet file per key range [bounds[s], bounds[s + 1]); scan order is kept within a file.
+    Returns each range's file (None where no row fell in it)."""
+    directory.mkdir(parents=True)
+    where = (
+        (pc.field(key) >= pa.scalar(bounds[0]))
+        & (pc.field(key) <= pa.scalar(top))
+        & (pc.field(r.source.timestamp_field) <= _ts_scalar(newest))
+    )
+    scanner = r.dataset().scanner(
+        columns=r.columns,
+        filter=where,
+        batch_size=_BATCH_ROWS,
+        batch_readahead=1,
+        fragment_readahead=1,
+    )
+    files: list[Path | None] = [None] * len(bounds)
+    writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for batch in scanner.to_batches():
+            if not batch.num_rows:
+                continue
+            slices = np.searchsorted(bounds, batch[key].to_numpy(zero_copy_only=False), "right")
+            order = np.argsort(slices, kind="stable")
+            batch, slices = batch.take(pa.array(order)), slices[order] - 1
+            cuts = np.flatnonzero(np.diff(slices)) + 1
+            for lo, hi in zip([0, *cuts], [*cuts, len(slices)], strict=True):
+                s = int(slices[lo])
+                if s not in writers:
+                    files[s] = directory / f"{s}.parquet"
+                    writers[s] = pq.ParquetWriter(files[s], batch.schema)
+                writers[s].write_batch(batch.slice(lo, hi - lo))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return files
+
+
+def _join_slice(
+    entities: pd.DataFrame,
+    ts_col: str,
+    reads: list[_ViewRead],
+    tables: list[pa.Table],
+    full_feature_names: bool,
+) -> pd.DataFrame:
+    """`entities` with the features of every view in `reads`, from its rows in `tables`."""
+    columns = {}
+    positional = entities.reset_index(drop=True)
+    for r, table in zip(reads, tables, strict=True):
+        columns.update(_join_view(positional, ts_col, r, table, full_feature_names))
+    return pd.concat([entities, pd.DataFrame(columns, index=entities.index)], axis=1)
+
+
 def _join_view(
     entities: pd.DataFrame,
     ts_col: str,
-    fv: FeatureView,
-    features: list[str],
-    repo_path,
+    r: _ViewRead,
+    table: pa.Table,
     full_feature_names: bool,
 ) -> dict[str, np.ndarray]:
     """Point-in-time join of one feature view: its requested columns, aligned to `entities`.
 
     merge_asof runs on keys and timestamps only; feature values are then gathered by row number
-    from the table converted once to pandas (list cells stay views on Arrow buffers)."""
-    source = cast(FileSource, fv.batch_source)  # a Delta FileSource: checked by is_delta()
-    source_cols = {v: k for k, v in (source.field_mapping or {}).items()}  # feature -> column
-    source_keys = [c.name for c in fv.entity_columns]
-    keys = [fv.projection.join_key_map.get(k, k) for k in source_keys]
-    ttl = pd.Timedelta(fv.ttl) if fv.ttl and fv.ttl.total_seconds() > 0 else None
-    table = live_dataset(source_path(source, repo_path)).to_table(
-        columns=list(
-            dict.fromkeys(
-                source_keys + [source.timestamp_field] + [source_cols.get(f, f) for f in features]
-            )
-        )
-    )
-
-    right = pd.DataFrame({key: table[sk].to_numpy() for sk, key in zip(source_keys, keys)})
-    right["__fts"] = pd.to_datetime(table[source.timestamp_field].to_numpy(), utc=True).astype(
+    from `table` (the view's rows that may match) converted once to pandas (list cells stay views
+    on Arrow buffers)."""
+    right = pd.DataFrame({key: table[sk].to_numpy() for sk, key in zip(r.source_keys, r.keys)})
+    right["__fts"] = pd.to_datetime(table[r.source.timestamp_field].to_numpy(), utc=True).astype(
         _UTC_NS
     )
     right["__row"] = np.arange(len(right), dtype="float64")
-    for key in keys:
+    for key in r.keys:
         right[key] = right[key].astype(entities[key].dtype)
-    left = entities[keys + [ts_col]].assign(__pos=np.arange(len(entities)))
+    left = entities[r.keys + [ts_col]].assign(__pos=np.arange(len(entities)))
     matched = pd.merge_asof(
         left.sort_values(ts_col, kind="stable"),
         right.sort_values("__fts", kind="stable"),
         left_on=ts_col,
         right_on="__fts",
-        by=keys,
+        by=r.keys,
         direction="backward",
-        tolerance=ttl,
+        tolerance=r.ttl,
     )
     rows = np.full(len(entities), np.nan)
     rows[matched["__pos"].to_numpy()] = matched["__row"].to_numpy()
     missing = np.isnan(rows)
     rows = np.where(missing, 0, rows).astype(np.int64)
-    values = table.select([source_cols.get(f, f) for f in features]).to_pandas()
-    prefix = f"{fv.projection.name_to_use()}__" if full_feature_names else ""
+    values = table.select([r.column.get(f, f) for f in r.features]).to_pandas()
+    prefix = f"{r.fv.projection.name_to_use()}__" if full_feature_names else ""
     return {
-        prefix + f: _gather(values[source_cols.get(f, f)].to_numpy(), rows, missing)
-        for f in features
+        prefix + f: _gather(values[r.column.get(f, f)].to_numpy(), rows, missing)
+        for f in r.features
     }
 
 
@@ -339,13 +505,45 @@ def _pull(
     if end is not None:
         upper = pc.field(ts_field) <= _ts_scalar(end)
         where = upper if where is None else where & upper
-    table = live_dataset(source_path(source, config.repo_path)).to_table(
-        columns=list(dict.fromkeys(join_keys + features + ts_fields)), filter=where
-    )
-    if latest and join_keys and table.num_rows:
-        order = table.select(join_keys + ts_fields).to_pandas()
-        newest = order.sort_values(ts_fields, kind="stable").drop_duplicates(join_keys, keep="last")
-        table = table.take(pa.array(newest.index.to_numpy()))
+    dataset = live_dataset(source_path(source, config.repo_path))
+    columns = list(dict.fromkeys(join_keys + features + ts_fields))
+    if latest and join_keys:
+        return _newest_rows(dataset, columns, where, join_keys, ts_fields)
+    table = dataset.to_table(columns=columns, filter=where)
     if not join_keys:
         table = table.append_column(DUMMY_ENTITY_ID, pa.array([DUMMY_ENTITY_VAL] * table.num_rows))
     return table
+
+
+def _newest_rows(
+    dataset: pads.Dataset, columns: list[str], where, keys: list[str], ts_fields: list[str]
+) -> pa.Table:
+    """The newest row per key (the later one in scan order among equal timestamps), in one
+    streaming pass: each batch's newest rows are kept and re-reduced with the kept ones whenever
+    they outnumber them, so memory holds about one row per key, never the table."""
+    kept: list[pa.Table] = []
+    held = newest = 0
+    for batch in dataset.scanner(
+        columns=columns,
+        filter=where,
+        batch_size=_BATCH_ROWS,
+        batch_readahead=1,
+        fragment_readahead=1,
+    ).to_batches():
+        kept.append(_newest(pa.Table.from_batches([batch]), keys, ts_fields))
+        held += kept[-1].num_rows
+        if held > max(2 * newest, _BATCH_ROWS):
+            kept = [_newest(pa.concat_tables(kept), keys, ts_fields)]
+            held = newest = kept[0].num_rows
+    if not kept:
+        return dataset.schema.empty_table().select(columns)
+    return _newest(pa.concat_tables(kept), keys, ts_fields)
+
+
+def _newest(table: pa.Table, keys: list[str], ts_fields: list[str]) -> pa.Table:
+    """The newest row of each key of `table` (the last one among equal timestamps)."""
+    if not table.num_rows:
+        return table
+    order = table.select(keys + ts_fields).to_pandas()
+    newest = order.sort_values(ts_fields, kind="stable").drop_duplicates(keys, keep="last")
+    return table.take(pa.array(np.sort(newest.index.to_numpy())))

@@ -42,6 +42,9 @@ class Config(BaseSettings):
     positive_rating: float = 4.0  # label = rating >= this
     rating_min: float = 0.5
     rating_max: float = 5.0
+    # labelled rows per slice of `mmi trainset build` (features joined and written a slice at a
+    # time); 0 = sized from the row width (training/trainset.py: slice_rows)
+    trainset_chunk_rows: int = 0
     seq_len: int = 64  # T
     time_slices: int = 10  # l
     sim_bins: int = 10  # n

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 CUTS = (0.8, 0.9)  # event-time quantiles: train < cut 0 <= valid < cut 1 <= test
 ROW_GROUP = 4096
+SLICE_BYTES = 256 << 20  # dense output bytes per slice of the build, when not configured
 
 
 @dataclass
@@ -46,13 +47,14 @@ class Summary:
     cuts: list[str]
     restored_rows: int
     seconds: float
+    slices: int = 1
 
     def line(self) -> str:
         parts = " / ".join(f"{k} {v:,}" for k, v in self.rows.items())
         return (
             f"trainset {self.name}: rows {sum(self.rows.values()):,} ({parts}), vocab users {self.users:,} "
             f"items {self.items:,}, cuts {self.cuts[0]} | {self.cuts[1]}, restored {self.restored_rows}, "
-            f"{self.seconds:.0f} s -> {self.path}"
+            f"{self.slices} slice(s), {self.seconds:.0f} s -> {self.path}"
         )
 
 
@@ -123,15 +125,56 @@ def write_parquet(table, directory: Path, row_group_size: int = ROW_GROUP) -> No
     pq.write_table(table, directory / "part-00000.parquet", row_group_size=row_group_size)
 
 
+def slice_rows(cfg: Config, cells: int, mm_dim: int) -> int:
+    """Entity rows per slice of the build: `trainset_chunk_rows`, or (0) as many as make about
+    SLICE_BYTES of dense output (the slice's Feast frame and Parquet copy take a few times that)."""
+    if cfg.trainset_chunk_rows > 0:
+        return cfg.trainset_chunk_rows
+    T = cfg.seq_len
+    row = 8 * T + T + 2 * (4 * T + T) + 2 * 4 * cells + 4 * mm_dim + 64  # hist, sim, dist, target
+    return max(1, SLICE_BYTES // row)
+
+
+class SplitWriters:
+    """One Parquet file per split (`<dir>/<split>/part-00000.parquet`), written a slice at a
+    time in row groups of ROW_GROUP rows; a split that got no rows is written empty."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.writers: dict = {}
+
+    def write(self, split: str, table) -> None:
+        import pyarrow.parquet as pq
+
+        if split not in self.writers:
+            (self.directory / split).mkdir(parents=True, exist_ok=True)
+            path = self.directory / split / "part-00000.parquet"
+            self.writers[split] = pq.ParquetWriter(path, table.schema)
+        writer = self.writers[split]
+        writer.write_table(table.cast(writer.schema), row_group_size=ROW_GROUP)
+
+    def close(self) -> None:
+        schema = next((w.schema for w in self.writers.values()), None)
+        for writer in self.writers.values():
+            writer.close()
+        for split in SPLITS:
+            if split not in self.writers and schema is not None:
+                write_parquet(schema.empty_table(), self.directory / split)
+
+
 def build(
     cfg: Config | None = None,
     name: str = "default",
     start: str | None = None,
     end: str | None = None,
 ) -> Summary:
-    """Build the training set `name` from the labelled interactions with start <= event_ts < end."""
+    """Build the training set `name` from the labelled interactions with start <= event_ts < end.
+
+    The features are joined and written in slices of users (`slice_rows`): memory holds the
+    labelled rows' keys and one slice, never the feature tables. Train rows are shuffled within
+    their slice; the loader shuffles the row groups."""
     from feature_repo.store_config import open_store
-    from training.training_frame import get_training_frame
+    from training.training_frame import training_frames
 
     cfg = cfg or get_config()
     t0 = time.time()
@@ -148,60 +191,62 @@ def build(
         raise ValueError(
             f"only {len(rows)} labelled interactions in [{start}, {end}): too few to split"
         )
-    items = _read(cfg, "items", ["item_id", "category", "first_seen_ts"])
-    log.info(
-        "trainset %s: %d labelled rows in [%s, %s), %d catalogued items",
-        name,
-        len(rows),
-        start or "-",
-        end or "-",
-        len(items),
-    )
-
+    items = _read(cfg, "items", ["item_id", "category", "first_seen_ts"]).set_index("item_id")
     entities = rows.rename(columns={"event_ts": "event_timestamp"}).reset_index(drop=True)
-    frame = get_training_frame(open_store(cfg), entities, "ctr_training")
-    log.info(
-        "trainset %s: point-in-time features for %d rows in %.0f s",
-        name,
-        len(frame),
-        time.time() - t0,
-    )
+    del rows
+    ts = entities["event_timestamp"].dt.as_unit("ns").astype("int64").to_numpy()
+    cut_ns = [int(np.quantile(ts, q)) for q in CUTS]
+    split = np.searchsorted(np.asarray(cut_ns), ts, side="right")  # 0 train, 1 valid, 2 test
 
     embeddings = _read(cfg, "item_embeddings", ["item_id", "fused"])
     mm_dim = len(embeddings["fused"].iloc[0])
     cells = cfg.time_slices * cfg.sim_bins
-    columns = feature_columns(frame, cfg.seq_len, cells, mm_dim)
-    first_seen = pd.to_datetime(
-        entities["item_id"].map(items.set_index("item_id")["first_seen_ts"]), utc=True
+    per_slice = slice_rows(cfg, cells, mm_dim)
+    log.info(
+        "trainset %s: %d labelled rows in [%s, %s), %d catalogued items, slices of %d rows",
+        name,
+        len(entities),
+        start or "-",
+        end or "-",
+        len(items),
+        per_slice,
     )
-    age = (frame["event_timestamp"] - first_seen).dt.total_seconds().to_numpy(np.float64)
-    catalogue = items.set_index("item_id")["category"]
-    base = {
-        "user_id": entities["user_id"].to_numpy(np.int64),
-        "item_id": entities["item_id"].to_numpy(np.int64),
-        "event_ts": entities["event_timestamp"].array,
-        "label": entities["label"].to_numpy(np.int32),
-        "category": entities["item_id"].map(catalogue).fillna("").to_numpy(object),
-        "item_age_s": age,
-    }
 
-    ts = entities["event_timestamp"].dt.as_unit("ns").astype("int64").to_numpy()
-    cut_ns = [int(np.quantile(ts, q)) for q in CUTS]
-    split = np.searchsorted(np.asarray(cut_ns), ts, side="right")  # 0 train, 1 valid, 2 test
     out = trainset_dir(cfg, name)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
-    counts = {}
-    for k, part in enumerate(SPLITS):
-        idx = np.flatnonzero(split == k)
-        if part == "train":  # row groups of mixed times: shuffling row groups then shuffles rows
-            idx = rng.permutation(idx)
-        counts[part] = len(idx)
-        write_parquet(to_arrow({c: v[idx] for c, v in {**base, **columns}.items()}), out / part)
-        log.info("trainset %s: wrote %s (%d rows)", name, part, len(idx))
+    counts = dict.fromkeys(SPLITS, 0)
+    slices = restored = 0
+    writers = SplitWriters(out)
+    try:
+        for frame in training_frames(open_store(cfg), entities, per_slice, "ctr_training"):
+            columns = {
+                **_entity_columns(frame, items),
+                **feature_columns(frame, cfg.seq_len, cells, mm_dim),
+            }
+            mine = split[frame.index.to_numpy()]
+            for k, part in enumerate(SPLITS):
+                idx = np.flatnonzero(mine == k)
+                if part == "train":  # row groups of mixed times: shuffling groups shuffles rows
+                    idx = rng.permutation(idx)
+                if len(idx):
+                    writers.write(part, to_arrow({c: v[idx] for c, v in columns.items()}))
+                counts[part] += len(idx)
+            slices += 1
+            restored += int(frame.attrs.get("restored_rows", 0))
+            log.info(
+                "trainset %s: slice %d, %d of %d rows written in %.0f s",
+                name,
+                slices,
+                sum(counts.values()),
+                len(entities),
+                time.time() - t0,
+            )
+    finally:
+        writers.close()
 
     train = entities.iloc[np.flatnonzero(split == 0)]
-    vocab = Vocab.from_frames(train, items)
+    vocab = Vocab.from_frames(train, items.reset_index())
     vocab.save(out)
     write_parquet(
         to_arrow(
@@ -219,15 +264,16 @@ def build(
         "end": end,
         "rows": counts,
         "cuts": cuts,
-        "T": cfg.seq_len,
-        "l": cfg.time_slices,
-        "n": cfg.sim_bins,
+        "seq_len": cfg.seq_len,
+        "time_slices": cfg.time_slices,
+        "sim_bins": cfg.sim_bins,
         "mm_dim": mm_dim,
         "n_users": vocab.n_users,
         "n_items": vocab.n_items,
         "n_cats": vocab.n_cats,
         "positive_rate": float(entities["label"].mean()),
-        "restored_rows": int(frame.attrs.get("restored_rows", 0)),
+        "restored_rows": restored,
+        "slices": slices,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return Summary(
@@ -237,6 +283,23 @@ def build(
         vocab.n_users - 1,
         vocab.n_items - 1,
         cuts,
-        int(frame.attrs.get("restored_rows", 0)),
+        restored,
         time.time() - t0,
+        slices,
     )
+
+
+def _entity_columns(frame: pd.DataFrame, items: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The row's own columns: keys, time, label, the item's category and age at the event."""
+    item = frame["item_id"]
+    first_seen = pd.to_datetime(item.map(items["first_seen_ts"]), utc=True)
+    return {
+        "user_id": frame["user_id"].to_numpy(np.int64),
+        "item_id": item.to_numpy(np.int64),
+        "event_ts": frame["event_timestamp"].array,
+        "label": frame["label"].to_numpy(np.int32),
+        "category": item.map(items["category"]).fillna("").to_numpy(object),
+        "item_age_s": (frame["event_timestamp"] - first_seen)
+        .dt.total_seconds()
+        .to_numpy(np.float64),
+    }
