@@ -117,11 +117,12 @@ class Service:
                     except (OSError, ValueError, RuntimeError, KeyError) as err:
                         raise Unavailable(f"model not loaded: {err}") from err
                     model, cfg = ranker.model.cfg, self.cfg
-                    if (model.T, model.l, model.n) != (cfg.seq_len, cfg.time_slices, cfg.sim_bins):
+                    shape = ("seq_len", "time_slices", "sim_bins")
+                    takes, have = ([getattr(c, f) for f in shape] for c in (model, cfg))
+                    if takes != have:
                         raise Unavailable(
-                            f"model not loaded: it takes T, l, n = {model.T}, "
-                            f"{model.l}, {model.n}; the features have "
-                            f"{cfg.seq_len}, {cfg.time_slices}, {cfg.sim_bins}"
+                            f"model not loaded: it takes {', '.join(shape)} = {takes}; "
+                            f"the features have {have}"
                         )
                     self._ranker = ranker
                     log.info("model %s loaded from %s", self._ranker.version, self.cfg.model_dir)

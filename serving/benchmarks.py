@@ -159,6 +159,7 @@ def _models(cfg, bench, tmp) -> dict[str, Path]:
     from deltalake import DeltaTable
 
     from training.models import ModelConfig, build_model
+    from training.models.base import renamed
     from training.vocab import Vocab
 
     emb = DeltaTable(bench.table("item_embeddings")).to_pandas(columns=["item_id", "fused"])
@@ -166,7 +167,7 @@ def _models(cfg, bench, tmp) -> dict[str, Path]:
     promoted = cfg.model_dir / "config.json"
     if promoted.exists():
         saved = json.loads(promoted.read_text())
-        if saved["config"]["mm_dim"] == dim and saved["config"]["T"] == cfg.seq_len:
+        if saved["config"]["mm_dim"] == dim and renamed(saved["config"])["seq_len"] == cfg.seq_len:
             return {f"promoted {saved['model']} ({cfg.model_dir.resolve().name})": cfg.model_dir}
     users = DeltaTable(bench.table("user_behaviour")).to_pandas(columns=["user_id"]).user_id
     items = emb.item_id.to_numpy()
@@ -179,9 +180,9 @@ def _models(cfg, bench, tmp) -> dict[str, Path]:
                 n_users=vocab.n_users,
                 n_items=vocab.n_items,
                 n_cats=vocab.n_cats,
-                T=cfg.seq_len,
-                l=cfg.time_slices,
-                n=cfg.sim_bins,
+                seq_len=cfg.seq_len,
+                time_slices=cfg.time_slices,
+                sim_bins=cfg.sim_bins,
                 mm_dim=dim,
             ),
         )

@@ -61,9 +61,9 @@ def train_throughput() -> dict:
             root = write_trainset(
                 Path(tmp) / "syn",
                 rows=(4 * BATCH, CANDIDATES, 10),
-                T=cfg.seq_len,
-                l=cfg.time_slices,
-                n=cfg.sim_bins,
+                seq_len=cfg.seq_len,
+                time_slices=cfg.time_slices,
+                sim_bins=cfg.sim_bins,
                 mm_dim=384,
                 row_group_size=BATCH,
             )
@@ -74,7 +74,7 @@ def train_throughput() -> dict:
             make_batch(
                 {k: v[i * BATCH : (i + 1) * BATCH] for k, v in cols.items()},
                 vocab,
-                (info["l"], info["n"]),
+                (info["time_slices"], info["sim_bins"]),
             )
             for i in range(len(cols["label"]) // BATCH)
         ]
@@ -111,7 +111,7 @@ def train_throughput() -> dict:
     cand["target_mm"] = cols["target_mm"][:CANDIDATES]
     for k in ("sim_img", "sim_txt", "dist_img", "dist_txt"):
         cand[k] = cols[k][:CANDIDATES]
-    request = make_batch(cand, vocab, (info["l"], info["n"]))
+    request = make_batch(cand, vocab, (info["time_slices"], info["sim_bins"]))
     latency = {}
     for name in ("din", "dmae", "ciubm_dmae"):
         model = models.get(name) or build_model(name, model_cfg)
@@ -126,7 +126,7 @@ def train_throughput() -> dict:
     return {
         "source": source,
         "batch": BATCH,
-        "T": info["T"],
+        "seq_len": info["seq_len"],
         "mm_dim": info["mm_dim"],
         "steps_per_round": len(batches),
         "din_samples_per_s": round(rate["din"]),

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from training.batch import COLUMNS, make_batch
+from training.models.base import renamed
 from training.vocab import IdIndex, Vocab
 
 # petastorm 0.12 uses pyarrow's legacy dataset API (the reason for .venv-train);
@@ -33,7 +34,8 @@ def split_url(root: str | Path, split: str) -> str:
 
 
 def meta(root: str | Path) -> dict:
-    return json.loads((Path(root) / "meta.json").read_text())
+    """A training set's meta.json (legacy keys T, l, n under their current names)."""
+    return renamed(json.loads((Path(root) / "meta.json").read_text()))
 
 
 class FusedVectorTable:
@@ -86,7 +88,7 @@ class TrainsetBatches(IterableDataset):
         )
         self.vectors = vectors or FusedVectorTable(root)
         info = meta(root)
-        self.rows, self.dist_shape = info["rows"][split], (info["l"], info["n"])
+        self.rows, self.dist_shape = info["rows"][split], (info["time_slices"], info["sim_bins"])
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

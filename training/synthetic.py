@@ -20,16 +20,17 @@ def write_trainset(
     rows: tuple[int, int, int] = (600, 150, 150),
     users: int = 40,
     items: int = 60,
-    T: int = 8,
-    l: int = 2,
-    n: int = 4,
-    mm_dim: int = 6,  # noqa: E741
+    seq_len: int = 8,
+    time_slices: int = 2,
+    sim_bins: int = 4,
+    mm_dim: int = 6,
     seed: int = 0,
     row_group_size: int = 64,
 ) -> Path:
     """Write train/valid/test, item_mm/, vocab.json and meta.json under `root`; returns `root`."""
     rng = np.random.default_rng(seed)
     root = Path(root)
+    T, l, n = seq_len, time_slices, sim_bins  # noqa: E741  (the papers' symbols)
     liked = np.arange(items + 1) % 3 == 0
     centre = rng.normal(size=(2, mm_dim))
     item_ids = np.arange(1, items + 1)
@@ -78,9 +79,9 @@ def write_trainset(
     meta = {
         "name": root.name,
         "rows": dict(zip(SPLITS, rows)),
-        "T": T,
-        "l": l,
-        "n": n,
+        "seq_len": seq_len,
+        "time_slices": time_slices,
+        "sim_bins": sim_bins,
         "mm_dim": mm_dim,
         "n_users": vocab.n_users,
         "n_items": vocab.n_items,

@@ -39,9 +39,9 @@ def model_config(info: dict, **overrides) -> ModelConfig:
         n_users=info["n_users"],
         n_items=info["n_items"],
         n_cats=info["n_cats"],
-        T=info["T"],
-        l=info["l"],
-        n=info["n"],
+        seq_len=info["seq_len"],
+        time_slices=info["time_slices"],
+        sim_bins=info["sim_bins"],
         mm_dim=info["mm_dim"],
         **overrides,
     )

@@ -102,9 +102,9 @@ def test_scores_through_the_fast_read_equal_the_feast_path(built):
             n_items=vocab.n_items,
             n_cats=vocab.n_cats,
             emb_dim=8,
-            T=cfg.seq_len,
-            l=cfg.time_slices,
-            n=cfg.sim_bins,
+            seq_len=cfg.seq_len,
+            time_slices=cfg.time_slices,
+            sim_bins=cfg.sim_bins,
             mm_dim=DIMS["fused"],
         ),
     )

@@ -74,9 +74,9 @@ def _trained(name: str, directory):
         n_items=vocab.n_items,
         n_cats=vocab.n_cats,
         emb_dim=8,
-        T=SMALL["seq_len"],
-        l=SMALL["time_slices"],
-        n=SMALL["sim_bins"],
+        seq_len=SMALL["seq_len"],
+        time_slices=SMALL["time_slices"],
+        sim_bins=SMALL["sim_bins"],
         mm_dim=DIMS["fused"],
         mlp_dims=(16,),
         att_dims=(8,),
@@ -84,7 +84,7 @@ def _trained(name: str, directory):
     )
     model = build_model(name, cfg)
     rng = np.random.default_rng(0)
-    B, T, L, N, D = 32, cfg.T, cfg.l, cfg.n, cfg.mm_dim
+    B, T, L, N, D = 32, cfg.seq_len, cfg.time_slices, cfg.sim_bins, cfg.mm_dim
     optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(5):
         mask = np.arange(T) < rng.integers(0, T + 1, (B, 1))
@@ -410,7 +410,8 @@ def test_not_ready_without_a_fitting_model(tmp_path, model_dir):
         assert got.status_code == 503 and "model not loaded" in got.json()["detail"]
         assert client.post("/rank", json={"user_id": 1, "item_ids": [1]}).status_code == 503
     with TestClient(create_app(load_config(home=tmp_path / "mmi", model_dir=model_dir))) as client:
-        assert "takes T, l, n = 16, 4, 8" in client.get("/readyz").json()["detail"]  # seq_len 64
+        detail = client.get("/readyz").json()["detail"]
+        assert "takes seq_len, time_slices, sim_bins = [16, 4, 8]; the features have [64" in detail
 
 
 def test_redis_outage_gives_503_and_the_service_recovers(tmp_path, model_dir):

@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import write_deltalake
 
-from feature_repo import repo, synthetic
+from feature_repo import repo
 from feature_repo.store_config import open_store
+from mminterest import synthetic_tables
 from mminterest.config import load_config
 from training import trainset
 from training.vocab import Vocab
@@ -25,7 +26,9 @@ def built(tmp_path_factory):
     cfg = load_config(
         home=tmp_path_factory.mktemp("ts") / "mmi", seq_len=8, time_slices=2, sim_bins=4
     )
-    interactions = synthetic.random_interactions(users=8, items=40, rows=400, start=T0, seed=3)
+    interactions = synthetic_tables.random_interactions(
+        users=8, items=40, rows=400, start=T0, seed=3
+    )
     interactions["rating"] = 4.0
     write_deltalake(cfg.table("interactions"), interactions)
     first = interactions.groupby("item_id")["event_ts"].min()
@@ -34,7 +37,7 @@ def built(tmp_path_factory):
     )
     items["first_seen_ts"] = pd.to_datetime(items["item_id"].map(first), utc=True)
     write_deltalake(cfg.table("items"), items)
-    synthetic.write_tables(cfg, interactions, DIMS, without_img=[2])
+    synthetic_tables.write_tables(cfg, interactions, DIMS, without_img=[2])
     repo.apply(open_store(cfg))
     return cfg, interactions, trainset.build(cfg, name="t1")
 
@@ -84,7 +87,7 @@ def test_vocab_comes_from_the_train_part(built):
 def test_features_are_point_in_time(built):
     cfg, interactions, summary = built
     rows = pd.concat([read(summary, s) for s in trainset.SPLITS]).reset_index(drop=True)
-    states = synthetic.behaviour_states(interactions, cfg.seq_len)
+    states = synthetic_tables.behaviour_states(interactions, cfg.seq_len)
     for _, row in rows.iloc[::13].iterrows():
         mine = states[(states.user_id == row.user_id) & (states.event_ts <= row.event_ts)]
         want = mine.iloc[-1].hist_item_ids if len(mine) else []

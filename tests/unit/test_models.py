@@ -26,9 +26,9 @@ CFG = ModelConfig(
     n_items=N_ITEMS,
     n_cats=N_CATS,
     emb_dim=8,
-    T=T,
-    l=L,
-    n=N,
+    seq_len=T,
+    time_slices=L,
+    sim_bins=N,
     mm_dim=MM,
     mlp_dims=(16,),
     att_dims=(8,),
@@ -188,6 +188,15 @@ def test_config_dict_round_trip():
         ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
     with pytest.raises(ValueError, match="sim_mode"):
         CFG.replace(sim_mode="fuzzy")
+
+
+def test_configs_saved_with_the_papers_symbols_still_load():
+    """Models saved before T, l, n were renamed to the platform's seq_len, time_slices, sim_bins."""
+    saved = {
+        k: v for k, v in CFG.to_dict().items() if k not in ("seq_len", "time_slices", "sim_bins")
+    }
+    old = {**saved, "T": CFG.seq_len, "l": CFG.time_slices, "n": CFG.sim_bins}
+    assert ModelConfig.from_dict(old) == CFG
 
 
 @pytest.mark.parametrize(("name", "changes"), VARIANTS, ids=IDS)

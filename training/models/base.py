@@ -26,6 +26,15 @@ SIM_MODES = ("hard", "soft")
 SIMTIER_SOURCES = ("fused", "per_modality")
 
 
+# the papers' symbols, the names of configs and meta.json files written before they were renamed
+LEGACY_NAMES = {"T": "seq_len", "l": "time_slices", "n": "sim_bins"}
+
+
+def renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with legacy keys (LEGACY_NAMES) under their current names."""
+    return {LEGACY_NAMES.get(k, k): v for k, v in data.items()}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Every CTR model's settings. Vocabulary sizes include index 0 (= padding / unknown)."""
@@ -34,9 +43,9 @@ class ModelConfig:
     n_items: int
     n_cats: int
     emb_dim: int = 16  # per id field; an item is concat(item emb, cat emb) = 2 * emb_dim
-    T: int = 64  # history length
-    l: int = 10  # noqa: E741  (interest-distribution time slices)
-    n: int = 10  # interest-distribution similarity bins
+    seq_len: int = 64  # history length (the papers' T)
+    time_slices: int = 10  # interest-distribution time slices (DMAE's l)
+    sim_bins: int = 10  # interest-distribution similarity bins (DMAE's n)
     mm_dim: int = 384  # fused multimodal vector dim (target_mm / hist_mm)
     mlp_dims: tuple[int, ...] = (200, 80)  # head MLP
     att_dims: tuple[int, ...] = (64, 32)  # DIN attention-unit MLP
@@ -91,9 +100,9 @@ class ModelConfig:
             "n_items",
             "n_cats",
             "emb_dim",
-            "T",
-            "l",
-            "n",
+            "seq_len",
+            "time_slices",
+            "sim_bins",
             "mm_dim",
             "n_heads",
             "n_layers",
@@ -134,6 +143,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of `to_dict`; unknown keys are an error (a config from another code version)."""
+        data = renamed(data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -24,7 +24,7 @@ class BST(CTRModel):
             raise ValueError(
                 f"2 * emb_dim = {self.item_dim} is not divisible by n_heads = {cfg.n_heads}"
             )
-        self.position = nn.Embedding(cfg.T + 1, self.item_dim)
+        self.position = nn.Embedding(cfg.seq_len + 1, self.item_dim)
         nn.init.normal_(self.position.weight, std=0.05)
         self.transformer = SelfAttentionBlock(self.item_dim, cfg.n_heads, cfg.n_layers, cfg.dropout)
         self.build_head(2 * self.item_dim)

@@ -160,13 +160,19 @@ class DMAE(CTRModel):
             self.item_dim, cfg.att_dims, softmax=cfg.att_softmax, dropout=cfg.dropout
         )
         self.mieu = nn.ModuleDict(
-            {m: MIEU(d, cfg.T, cfg.n_buckets, cfg.use_mieu_se) for m in MODALITIES}
+            {m: MIEU(d, cfg.seq_len, cfg.n_buckets, cfg.use_mieu_se) for m in MODALITIES}
         )
         self.mifu = MIFU(d, cfg.n_heads, cfg.window) if cfg.use_mifu else None
         self.iddu = (
             nn.ModuleDict(
                 {
-                    m: IDDU(d, cfg.l, cfg.n, cfg.mask_prob, collapse_time=not cfg.use_mieu_t)
+                    m: IDDU(
+                        d,
+                        cfg.time_slices,
+                        cfg.sim_bins,
+                        cfg.mask_prob,
+                        collapse_time=not cfg.use_mieu_t,
+                    )
                     for m in MODALITIES
                 }
             )
