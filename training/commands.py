@@ -120,6 +120,12 @@ def _training_args(p) -> None:
         default="default",
         help="training-set name or directory (default: %(default)s)",
     )
+    p.add_argument("--nproc", type=int, default=1, help="processes under torchrun (DDP, gloo)")
+    run_arguments(p)
+
+
+def run_arguments(p) -> None:
+    """The options of one training run, shared with the worker (`python -m training.train`)."""
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--epochs",
@@ -138,7 +144,6 @@ def _training_args(p) -> None:
     p.add_argument(
         "--max-steps", type=int, default=0, help="cap on steps per epoch (0: a full pass)"
     )
-    p.add_argument("--nproc", type=int, default=1, help="processes under torchrun (DDP, gloo)")
     p.add_argument(
         "--set",
         nargs="*",

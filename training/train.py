@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from training import distributed
+from training.commands import run_arguments
 from training.loader import TrainsetBatches, make_loader, meta
 from training.metrics import auc, gauc, logloss
 from training.models import CTRModel, ModelConfig, build_model
@@ -279,23 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--trainset", required=True, help="training-set directory")
     p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=20, help="most epochs (early stopping decides)")
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=2,
-        help="epochs without a better validation AUC before stopping",
-    )
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument(
-        "--max-steps", type=int, default=0, help="cap on steps per epoch (0: a full pass)"
-    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    p.add_argument(
-        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="ModelConfig overrides"
-    )
+    run_arguments(p)
     args = p.parse_args(argv)
     train(
         args.trainset,
