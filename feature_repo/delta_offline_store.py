@@ -34,7 +34,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from feast.data_format import DeltaFormat
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL, FeatureView
@@ -312,7 +311,7 @@ def _join_views(
     (None: one frame); each frame's index holds its rows' positions in `entities`.
 
     Several slices: the entity rows are cut into ranges of one join key (the one of the largest
-    views), each view holding that key is read ONCE and its rows spilled to one Parquet file per
+    views), each view holding that key is read ONCE and its rows spilled to one Arrow file per
     range (a grace join: the tables need no particular layout), and a slice joins only its range's
     file; views without the key are read whole once (they must fit in memory: item vectors)."""
     reads = [_ViewRead(fv, features, repo_path) for fv, features in views.items()]
@@ -343,7 +342,10 @@ def _join_views(
             if id(r) in whole:
                 return whole[id(r)]
             file = spilled[id(r)][s]
-            return pq.read_table(file) if file else _read_all(r, filter=pc.scalar(False))
+            if file is None:
+                return _read_all(r, filter=pc.scalar(False))
+            with pa.ipc.open_file(str(file)) as reader:
+                return reader.read_all()
 
         for s in range(len(bounds)):
             part = entities[slice_of == s]
@@ -370,7 +372,7 @@ def _spill(
     r: _ViewRead, key: str, bounds: np.ndarray, top, newest: pd.Timestamp, directory: Path
 ) -> list[Path | None]:
     """One streaming read of the view (rows with bounds[0] <= key <= `top`, ts <= `newest`) into
-    one Parquet file per key range [bounds[s], bounds[s + 1]); scan order is kept within a file.
+    one Arrow file per key range [bounds[s], bounds[s + 1]); scan order is kept within a file.
     Returns each range's file (None where no row fell in it)."""
     directory.mkdir(parents=True)
     where = (
@@ -386,7 +388,8 @@ def _spill(
         fragment_readahead=1,
     )
     files: list[Path | None] = [None] * len(bounds)
-    writers: dict[int, pq.ParquetWriter] = {}
+    writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+    options = pa.ipc.IpcWriteOptions(compression="lz4")  # fast: written once, read once
     try:
         for batch in scanner.to_batches():
             if not batch.num_rows:
@@ -398,8 +401,8 @@ def _spill(
             for lo, hi in zip([0, *cuts], [*cuts, len(slices)], strict=True):
                 s = int(slices[lo])
                 if s not in writers:
-                    files[s] = directory / f"{s}.parquet"
-                    writers[s] = pq.ParquetWriter(files[s], batch.schema)
+                    files[s] = directory / f"{s}.arrow"
+                    writers[s] = pa.ipc.new_file(str(files[s]), batch.schema, options=options)
                 writers[s].write_batch(batch.slice(lo, hi - lo))
     finally:
         for writer in writers.values():
