@@ -36,6 +36,9 @@ class Config(BaseSettings):
     # before the window's end; 0 = report the lag only (the bundled dataset is historical)
     max_feature_lag_hours: float = 0.0
     max_text_chars: int = 2000
+    # a GE suite validates a frame of at most this many rows on pandas, not Spark (same suite,
+    # same reports); 0 = always Spark
+    ge_pandas_max_rows: int = 20_000
     delta_commit_attempts: int = (
         8  # tries of one Delta commit that conflicts with concurrent writers
     )

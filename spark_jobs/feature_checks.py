@@ -35,7 +35,9 @@ def publish_gate(frame: DataFrame, name: str, checks: list[Check], cfg: Config) 
     """Validate `frame` (with a `_key` column); raise FeatureCheckError if any check fails."""
     frame = frame.persist()  # each expectation runs Spark jobs over it: derive the columns once
     try:
-        result = run_suite(frame, name, checks, KEY, cfg.reports_dir / "validation")
+        result = run_suite(
+            frame, name, checks, KEY, cfg.reports_dir / "validation", cfg.ge_pandas_max_rows
+        )
     finally:
         frame.unpersist()
     if not result.success:

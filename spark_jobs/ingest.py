@@ -94,17 +94,22 @@ def _first_of(df: DataFrame, keys: list[str], name: str) -> DataFrame:
     return df.withColumn(name, null_key | (rank == 1))
 
 
-def _validated(df: DataFrame, source: str, checks, report_dir: Path) -> tuple[DataFrame, DataFrame]:
-    """(good rows, quarantine rows) of `df`; nothing to validate (a windowed run) runs no suite."""
-    if df.isEmpty():
-        return df, df.select(
+def _validated(df: DataFrame, source: str, checks, cfg: Config) -> tuple[DataFrame, DataFrame, int]:
+    """(good rows, quarantine rows, rows of `df`); nothing to validate (a windowed run) runs no
+    suite."""
+    df = df.persist()  # counted, validated and split: computed once
+    rows = df.count()
+    if not rows:
+        empty = df.select(
             F.lit(source).alias("source"),
             F.sha2("_raw", 256).alias("record_hash"),
             F.lit(None).cast("string").alias("reason"),
             F.array().cast("array<string>").alias("checks"),
             F.col("_raw").alias("record"),
         )
-    result = run_suite(df, f"ingest_{source}", checks, RID, report_dir)
+        return df, empty, 0
+    report_dir = cfg.reports_dir / "validation"
+    result = run_suite(df, f"ingest_{source}", checks, RID, report_dir, cfg.ge_pandas_max_rows)
     good, bad = split_failed(df, result, checks, RID)
     quarantine = bad.select(
         F.lit(source).alias("source"),
@@ -113,7 +118,7 @@ def _validated(df: DataFrame, source: str, checks, report_dir: Path) -> tuple[Da
         "checks",
         F.col("_raw").alias("record"),
     )
-    return good, quarantine
+    return good, quarantine, rows
 
 
 def _held_back(
@@ -172,7 +177,7 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
     items, kept_items = _held_back(
         items, held_items, ["item_id", "title", "text", "category"], "first_of_id"
     )
-    good_items, q_items = _validated(items, "items", item_checks(cfg.max_text_chars), report_dir)
+    good_items, q_items, n_items = _validated(items, "items", item_checks(cfg.max_text_chars), cfg)
     if kept_items is not None:
         good_items = good_items.unionByName(kept_items)
     good_items = good_items.persist()
@@ -195,9 +200,10 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
             "image_decodes", F.when(F.col("_status") != "missing", F.col("_status") == "ok")
         )
     )
-    good_images, q_images = _validated(images, "images", image_checks(), report_dir)
+    new_images, q_images, n_images = _validated(images, "images", image_checks(), cfg)
+    good_images = new_images
     if kept_images is not None:
-        good_images = good_images.select(*kept_images.columns).unionByName(kept_images)
+        good_images = new_images.select(*kept_images.columns).unionByName(kept_images)
 
     log.info("ingest [3/4] validating interactions%s", f" before {end}" if end is not None else "")
     events = staged(adapter.interactions(spark, cfg))
@@ -209,19 +215,14 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
         held_events = held("interactions")
         if held_events is not None:
             due = due.join(held_events.select(*INTERACTION_KEYS), INTERACTION_KEYS, "left_anti")
-        total, events = events.count(), due.persist()
-        skipped = {
-            "interactions": total - events.count(),
-            "items": kept_items.count() if kept_items is not None else 0,
-            "images": kept_images.count() if kept_images is not None else 0,
-        }
+        total, events = events.count(), due
     events = (
         _first_of(events, INTERACTION_KEYS, "first_of_key")
         .join(F.broadcast(known), "item_id", "left")
         .fillna(False, ["item_known"])
     )
     checks = interaction_checks(cfg.rating_min, cfg.rating_max, now)
-    good_events, q_events = _validated(events, "interactions", checks, report_dir)
+    good_events, q_events, n_events = _validated(events, "interactions", checks, cfg)
     good_events = good_events.select(
         "user_id",
         "item_id",
@@ -236,7 +237,13 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
         .agg(F.count("*").alias("copies"))
         .persist()
     )
-    rows_in = {"interactions": events.count(), "items": items.count(), "images": images.count()}
+    rows_in = {"interactions": n_events, "items": n_items, "images": n_images}
+    kept = {
+        "items": kept_items.count() if kept_items is not None else 0,
+        "images": kept_images.count() if kept_images is not None else 0,
+    }
+    if end is not None:
+        skipped = {"interactions": total - n_events, **kept}
     bad = {s: 0 for s in rows_in}
     bad.update(
         {
@@ -246,7 +253,7 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
     )
 
     log.info("ingest [4/4] writing Delta tables under %s", cfg.home / "delta")
-    if not quarantine.isEmpty() or not delta_io.exists(cfg.table("quarantine")):
+    if sum(bad.values()) or not delta_io.exists(cfg.table("quarantine")):
         delta_io.merge(quarantine, cfg.table("quarantine"), QUARANTINE_KEYS)
     too_bad = {s: bad[s] / n for s, n in rows_in.items() if n and bad[s] / n > cfg.max_bad_fraction}
     if too_bad:
@@ -273,9 +280,9 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
         items_out = items_out.subtract(held_items.select(*items_out.columns))  # only changed rows
     items_out = items_out.persist()
     written = {
-        "interactions": good_events.count(),
+        "interactions": good_events.count() if n_events else 0,
         "items": items_out.count(),
-        "images": good_images.count() - (kept_images.count() if kept_images is not None else 0),
+        "images": new_images.count() if n_images else 0,
     }
     if written["items"] or not delta_io.exists(cfg.table("items")):
         delta_io.merge(items_out, cfg.table("items"), ["item_id"])

@@ -4,6 +4,11 @@ A suite is a list of `Check`s (an expectation plus the human reason a failing ro
 result names, per check, the ids of the failing rows (GE `unexpected_index_list`), so callers can
 quarantine exactly those rows (ingest) or refuse to publish (computed feature tables).
 
+A frame of at most `pandas_max_rows` rows (config `ge_pandas_max_rows`: a daily increment) is
+collected and validated by GE's pandas datasource instead of Spark: the same suite, result,
+reports and Data Docs page, without the Spark jobs each expectation costs (tens of seconds for a
+handful of rows). Timestamps cross as UTC-aware values, as Spark compares them.
+
 Reports, beside `report_dir` (<home>/reports/validation by convention):
   <report_dir>/<suite>.json          the latest result of each suite (GE JSON)
   <reports>/data_docs/index.html     GE Data Docs: every validation ever run, newest first, one
@@ -22,6 +27,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import great_expectations as gx
@@ -41,6 +47,7 @@ from pyspark.sql import functions as F
 log = logging.getLogger(__name__)
 SITE = "mmi"
 _CONTEXTS: dict[Path, gx.data_context.AbstractDataContext] = {}  # reports folder -> context
+_DEFINITIONS: dict[tuple, Any] = {}  # (context, suite, kind) -> its batch definition
 PAGES: list[
     tuple[Path, Path]
 ] = []  # (reports folder, Data Docs page) of each suite this process ran
@@ -124,21 +131,47 @@ def _publish(ctx, reports: Path, name: str, result) -> Path:
     return Path(unquote(urlparse(url).path))
 
 
+def _batch(ctx, name: str, df: DataFrame, pandas_max_rows: int):
+    """The GE batch of `df`: a pandas one when `df` has at most `pandas_max_rows` rows (one Spark
+    job collects them). Datasources are registered once per context and kind (each registration
+    rewrites the context's config)."""
+    head = df.limit(pandas_max_rows + 1).toArrow() if pandas_max_rows > 0 else None
+    if head is not None and head.num_rows <= pandas_max_rows:
+        frame, kind = head.to_pandas(), "pandas"  # timestamps stay UTC-aware, nulls stay nulls
+    else:
+        frame, kind = df, "spark"
+    key = (id(ctx), name, kind)
+    if key not in _DEFINITIONS:
+        add = getattr(ctx.data_sources, f"add_or_update_{kind}")
+        _DEFINITIONS[key] = (
+            add(f"{name}_{kind}")
+            .add_dataframe_asset(name)
+            .add_batch_definition_whole_dataframe(name)
+        )
+    return _DEFINITIONS[key].get_batch(batch_parameters={"dataframe": frame})
+
+
+def _plain(value):
+    """A Python scalar for a numpy one (the pandas path's ids), as Spark's rows give."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def run_suite(
-    df: DataFrame, name: str, checks: list[Check], id_col: str, report_dir: Path
+    df: DataFrame,
+    name: str,
+    checks: list[Check],
+    id_col: str,
+    report_dir: Path,
+    pandas_max_rows: int = 0,
 ) -> SuiteResult:
-    """Validate `df` against `checks`; write the GE result JSON to `report_dir/<name>.json` and
-    add the validation to the Data Docs of report_dir's parent folder."""
+    """Validate `df` against `checks` (on pandas when it has at most `pandas_max_rows` rows); write
+    the GE result JSON to `report_dir/<name>.json` and add the validation to the Data Docs of
+    report_dir's parent folder."""
     if len({c.reason for c in checks}) != len(checks):
         raise ValueError(f"suite {name}: each check needs its own reason")
     reports = report_dir.resolve().parent
     ctx = _context(reports)
-    batch = (
-        ctx.data_sources.add_or_update_spark(name)
-        .add_dataframe_asset(name)
-        .add_batch_definition_whole_dataframe(name)
-        .get_batch(batch_parameters={"dataframe": df})
-    )
+    batch = _batch(ctx, name, df, pandas_max_rows)
     suite = gx.ExpectationSuite(name=name)
     for check in checks:  # a copy: the stored suite gives its expectations ids, a Check is reusable
         suite.add_expectation(
@@ -154,7 +187,7 @@ def run_suite(
     for r in result.results:
         if not r.success:  # an aggregate expectation may fail with no row to blame: empty id list
             failed[r.expectation_config.meta["reason"]] = [
-                row[id_col] for row in (r.result.get("unexpected_index_list") or [])
+                _plain(row[id_col]) for row in (r.result.get("unexpected_index_list") or [])
             ]
     report_dir.mkdir(parents=True, exist_ok=True)
     report = report_dir / f"{name}.json"
