@@ -34,3 +34,10 @@ airflow-screenshot:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	$(VENV)/python -m infra.ui_screenshot $(DAG) $(OUT)
+
+# Backfill = rebuild through Airflow's own backfill on a local scheduler (its own, on a free port),
+# over the data's last $(DAYS) days; report in $$MMI_HOME/reports/backfill_proof.json.
+.PHONY: airflow-backfill-proof
+DAYS ?= 30
+airflow-backfill-proof: setup
+	nice -n 10 infra/airflow.sh backfill-proof $(DAYS)

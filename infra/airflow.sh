@@ -8,6 +8,8 @@
 #   infra/airflow.sh up [--port 8080]     the same three daemons on 127.0.0.1, in the background,
 #   infra/airflow.sh status|down          stopped by their pids (infra/airflow_local.py)
 #   infra/airflow.sh trigger DAG [--wait] a run through the REST API of the daemons `up` started
+#   infra/airflow.sh backfill-proof [DAYS]  backfill = rebuild over the data's last DAYS days, through
+#                                         the local scheduler's backfill (infra/backfill_proof.py)
 #
 # Set-up runs once per (Airflow version, Spark master): `airflow db migrate`, the `spark_default`
 # connection (host = the config's spark_master, local[*] by default; re-created when the config
@@ -18,6 +20,7 @@ PY="$REPO/.venv/bin/python"
 [ -x "$PY" ] || { echo "airflow.sh: $PY missing; run infra/setup.sh first" >&2; exit 1; }
 case "${1:-}" in  # the background daemons: set up and started by the module (through this script)
   up|down|status|trigger) cd "$REPO" && exec "$PY" -m infra.airflow_local "$@" ;;
+  backfill-proof) shift; cd "$REPO" && exec "$PY" -m infra.backfill_proof "$@" ;;
 esac
 
 # One python call: the config's home and Spark master (MMI_* overrides apply), Airflow's version.

@@ -149,6 +149,9 @@ class Api:
     def get(self, path: str) -> dict:
         return self._call("GET", path)
 
+    def post(self, path: str, body: dict) -> dict:
+        return self._call("POST", path, body)
+
     def health(self) -> dict:
         return self._call("GET", "/api/v2/monitor/health", auth=False)
 
