@@ -107,7 +107,7 @@ def run(
     out = out.persist()
     try:
         rows_out = out.count()
-        rows_in = interactions.count()
+        rows_in = increments.rows_at(spark, cfg.table("interactions"), inputs["interactions"])
         if cut == {}:
             log.info("behaviour [2/3] nothing new: %s unchanged", cfg.table(TABLE))
         else:

@@ -82,6 +82,18 @@ def read_at(spark: SparkSession, path: str, at: int) -> DataFrame:
     )
 
 
+def rows_at(spark: SparkSession, path: str, at: int) -> int:
+    """Rows of the Delta table at `path` as of version `at`: from the log's per-file record counts
+    (no scan), else counted."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    counts = pa.table(DeltaTable(path, version=at).get_add_actions(flatten=True))["num_records"]
+    if counts.null_count:
+        return read_at(spark, path, at).count()
+    return int(pc.sum(counts).as_py() or 0)
+
+
 def _read_files(spark: SparkSession, path: str, files, schema) -> DataFrame:
     import pyarrow as pa
     from pyspark.sql.pandas.types import from_arrow_schema
