@@ -189,3 +189,14 @@ def write_tables(
         ("interest_features", interest),
     ):
         write_deltalake(cfg.table(name), table, mode="overwrite", schema_mode="overwrite")
+
+
+def write_ingested(cfg, interactions: pd.DataFrame, categories: list[str]) -> None:
+    """The `interactions` (rating 4.0) and `items` tables as ingest leaves them: item i + 1 has
+    categories[i] and is first seen at its first interaction."""
+    write_deltalake(cfg.table("interactions"), interactions.assign(rating=4.0))
+    first = interactions.groupby("item_id")["event_ts"].min()
+    ids = np.arange(1, len(categories) + 1)
+    items = pd.DataFrame({"item_id": ids, "category": categories})
+    items["first_seen_ts"] = pd.to_datetime(items["item_id"].map(first), utc=True)
+    write_deltalake(cfg.table("items"), items)

@@ -32,12 +32,7 @@ def home(tmp_path_factory):
     interactions = synthetic_tables.random_interactions(
         users=12, items=40, rows=480, start=T0, seed=5
     )
-    interactions["rating"] = 4.0
-    write_deltalake(cfg.table("interactions"), interactions)
-    first = interactions.groupby("item_id")["event_ts"].min()
-    items = pd.DataFrame({"item_id": np.arange(1, 41), "category": ["G|X"] * 40})
-    items["first_seen_ts"] = pd.to_datetime(items["item_id"].map(first), utc=True)
-    write_deltalake(cfg.table("items"), items)
+    synthetic_tables.write_ingested(cfg, interactions, ["G|X"] * 40)
     synthetic_tables.write_tables(cfg, interactions, DIMS, without_img=[2])
     store = open_store(cfg)
     repo.apply(store)

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from deltalake import write_deltalake
 
 from feature_repo import repo
 from feature_repo.store_config import open_store
@@ -29,14 +28,7 @@ def built(tmp_path_factory):
     interactions = synthetic_tables.random_interactions(
         users=8, items=40, rows=400, start=T0, seed=3
     )
-    interactions["rating"] = 4.0
-    write_deltalake(cfg.table("interactions"), interactions)
-    first = interactions.groupby("item_id")["event_ts"].min()
-    items = pd.DataFrame(
-        {"item_id": np.arange(1, 41), "category": [f"G{i % 3}|X" for i in range(1, 41)]}
-    )
-    items["first_seen_ts"] = pd.to_datetime(items["item_id"].map(first), utc=True)
-    write_deltalake(cfg.table("items"), items)
+    synthetic_tables.write_ingested(cfg, interactions, [f"G{i % 3}|X" for i in range(1, 41)])
     synthetic_tables.write_tables(cfg, interactions, DIMS, without_img=[2])
     repo.apply(open_store(cfg))
     return cfg, interactions, trainset.build(cfg, name="t1")
