@@ -380,18 +380,11 @@ def _spill(
         & (pc.field(key) <= pa.scalar(top))
         & (pc.field(r.source.timestamp_field) <= _ts_scalar(newest))
     )
-    scanner = r.dataset().scanner(
-        columns=r.columns,
-        filter=where,
-        batch_size=_BATCH_ROWS,
-        batch_readahead=1,
-        fragment_readahead=1,
-    )
     files: list[Path | None] = [None] * len(bounds)
     writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
     options = pa.ipc.IpcWriteOptions(compression="lz4")  # fast: written once, read once
     try:
-        for batch in scanner.to_batches():
+        for batch in _batches(r.dataset(), r.columns, where):
             if not batch.num_rows:
                 continue
             slices = np.searchsorted(bounds, batch[key].to_numpy(zero_copy_only=False), "right")
@@ -518,6 +511,17 @@ def _pull(
     return table
 
 
+def _batches(dataset: pads.Dataset, columns: list[str], where) -> Iterator[pa.RecordBatch]:
+    """The matching rows of `dataset`, streamed in batches of _BATCH_ROWS (one fragment at a time)."""
+    return dataset.scanner(
+        columns=columns,
+        filter=where,
+        batch_size=_BATCH_ROWS,
+        batch_readahead=1,
+        fragment_readahead=1,
+    ).to_batches()
+
+
 def _newest_rows(
     dataset: pads.Dataset, columns: list[str], where, keys: list[str], ts_fields: list[str]
 ) -> pa.Table:
@@ -526,13 +530,7 @@ def _newest_rows(
     they outnumber them, so memory holds about one row per key, never the table."""
     kept: list[pa.Table] = []
     held = newest = 0
-    for batch in dataset.scanner(
-        columns=columns,
-        filter=where,
-        batch_size=_BATCH_ROWS,
-        batch_readahead=1,
-        fragment_readahead=1,
-    ).to_batches():
+    for batch in _batches(dataset, columns, where):
         kept.append(_newest(pa.Table.from_batches([batch]), keys, ts_fields))
         held += kept[-1].num_rows
         if held > max(2 * newest, _BATCH_ROWS):
