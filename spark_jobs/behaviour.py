@@ -23,8 +23,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from mminterest.config import Config, get_config
-from spark_jobs import delta_io, increments
-from spark_jobs.job import JobSummary, require
+from spark_jobs import increments, job
 
 log = logging.getLogger("mminterest.behaviour")
 TABLE = "user_behaviour"
@@ -51,15 +50,13 @@ def states(interactions: DataFrame, seq_len: int) -> DataFrame:
     )
 
 
-def publish(df: DataFrame, cfg: Config, predicate: str | None = None) -> int:
-    """Gate `df` with the behaviour checks, then overwrite the table, or only the rows matching
-    `predicate` (one commit). Returns the version."""
-    from spark_jobs.feature_checks import (
-        check_behaviour,
-    )  # lazy: Great Expectations is slow to import
+def publish(df: DataFrame, cfg: Config, predicate: str | None = None) -> tuple[int, int]:
+    """Gate `df`, then replace the rows matching `predicate` (or the table): `job.publish`."""
+    from spark_jobs.feature_checks import check_behaviour  # lazy: GE is slow to import
 
-    check_behaviour(df, cfg)
-    return delta_io.write(df, cfg.table(TABLE), mode="overwrite", predicate=predicate)
+    return job.publish(
+        df, cfg.table(TABLE), lambda d: check_behaviour(d, cfg), "behaviour", predicate
+    )
 
 
 def recomputed(interactions: DataFrame, cut: increments.Cutoffs, seq_len: int) -> DataFrame:
@@ -77,13 +74,13 @@ def recomputed(interactions: DataFrame, cut: increments.Cutoffs, seq_len: int) -
 
 def run(
     cfg: Config | None = None, spark: SparkSession | None = None, start=None, end=None
-) -> JobSummary:
+) -> job.JobSummary:
     """Rebuild user_behaviour (no window), or bring it up to date for the window [start, end);
     return (and log) the one-line summary."""
     from spark_jobs.session import get_spark
 
     cfg = cfg or get_config()
-    require(cfg, "interactions")
+    job.require(cfg, "interactions")
     spark = spark or get_spark("mmi-behaviour", cfg)
     begun = time.time()
     inputs, params = (
@@ -104,20 +101,15 @@ def run(
     else:
         out, predicate = recomputed(interactions, cut, cfg.seq_len), increments.predicate(cut, ">")
         note = f"{len(cut):,} users recomputed from their earliest new event"
-    out = out.persist()
-    try:
-        rows_out = out.count()
-        rows_in = increments.rows_at(spark, cfg.table("interactions"), inputs["interactions"])
-        if cut == {}:
-            log.info("behaviour [2/3] nothing new: %s unchanged", cfg.table(TABLE))
-        else:
-            log.info("behaviour [2/3] checking %s states", f"{rows_out:,}")
-            version = publish(out, cfg, predicate)
-            log.info("behaviour [3/3] wrote %s (version %d)", cfg.table(TABLE), version)
-        increments.save(cfg, TABLE, inputs, params)
-    finally:
-        out.unpersist()
-    summary = JobSummary(
+    rows_in = increments.rows_at(spark, cfg.table("interactions"), inputs["interactions"])
+    rows_out = 0
+    if cut == {}:
+        log.info("behaviour [2/3] nothing new: %s unchanged", cfg.table(TABLE))
+    else:
+        version, rows_out = publish(out, cfg, predicate)
+        log.info("behaviour [3/3] wrote %s (version %d)", cfg.table(TABLE), version)
+    increments.save(cfg, TABLE, inputs, params)
+    summary = job.JobSummary(
         "behaviour", rows_in, rows_out, time.time() - begun, f"states of T <= {cfg.seq_len}, {note}"
     )
     log.info(summary.line())

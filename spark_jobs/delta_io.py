@@ -1,9 +1,11 @@
 """The single Delta I/O module: Spark DataFrames in and out of Delta tables.
 
-Writes go through delta-spark when its JVM classes are on the classpath, else through delta-rs
-(`deltalake`): Spark stages Parquet in parallel, then the driver streams those files as Arrow
-record batches into ONE Delta commit (never the whole table in driver memory). Reads return a
-Spark DataFrame over the table's live files only (superseded files of older versions are ignored).
+Every write stages first: Spark computes the frame once and writes it as Parquet in parallel
+beside the table (`Staged`); an optional gate checks those staged rows (as many passes as it
+likes, nothing cached in memory); then ONE commit: through delta-spark when its JVM classes are on
+the classpath, else through delta-rs (`deltalake`), the driver streaming the staged files as Arrow
+record batches (never the whole table in driver memory). Reads return a Spark DataFrame over the
+table's live files only (superseded files of older versions are ignored).
 Every delta-rs commit goes through `mminterest.tables.committed`: a conflict with a concurrent
 writer (new items from the ranker, another job) re-runs the commit on the newest snapshot.
 Spark-free readers and writers use `mminterest.tables` directly.
@@ -15,6 +17,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,23 +62,28 @@ def write(
     mode: str = "overwrite",
     predicate: str | None = None,
     partition_by: Sequence[str] | None = None,
+    gate: Callable[[Staged], object] | None = None,
 ) -> int:
-    """Overwrite (optionally only rows matching `predicate`) or append; one commit. Returns the version."""
-    if delta_jvm_available(df.sparkSession):
-        writer = df.write.format("delta").mode(mode)
-        if predicate:
-            writer = writer.option("replaceWhere", predicate)
-        if partition_by:
-            writer = writer.partitionBy(*partition_by)
-        writer.save(path)
-    else:
-        with _staged(df, path) as batches:
+    """Overwrite (optionally only rows matching `predicate`) or append; one commit. Returns the
+    version. `df` is computed once, into staging Parquet; `gate(staged)` then checks exactly those
+    rows (as many passes as it likes, nothing cached in memory) and raises to commit nothing."""
+    with _staged(df, path) as staged:
+        if gate is not None:
+            gate(staged)
+        if delta_jvm_available(df.sparkSession):
+            writer = staged.frame.write.format("delta").mode(mode)
+            if predicate:
+                writer = writer.option("replaceWhere", predicate)
+            if partition_by:
+                writer = writer.partitionBy(*partition_by)
+            writer.save(path)
+        else:
             # deltalake's overloads split on a Literal `mode` (predicate only with "overwrite")
             committed(
                 path,
                 lambda: write_deltalake(  # type: ignore[call-overload]
                     path,
-                    batches(),
+                    staged.batches(),
                     mode=mode,
                     predicate=predicate,
                     partition_by=list(partition_by) if partition_by else None,
@@ -104,12 +112,12 @@ def merge(df: DataFrame, path: str, keys: Sequence[str], newer: str | None = Non
             .execute()
         )
     else:
-        with _staged(df, path) as batches:
+        with _staged(df, path) as staged:
             committed(
                 path,
                 lambda: (
                     DeltaTable(path)
-                    .merge(batches(), condition, source_alias="s", target_alias="t")
+                    .merge(staged.batches(), condition, source_alias="s", target_alias="t")
                     .when_matched_update_all(predicate=update)
                     .when_not_matched_insert_all()
                     .execute()
@@ -118,35 +126,53 @@ def merge(df: DataFrame, path: str, keys: Sequence[str], newer: str | None = Non
     return DeltaTable(path).version()
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A frame as Spark wrote it to staging Parquet: its files, row count (from the footers), the
+    files read back as a Spark frame, and `batches()`, a streaming Arrow reader over them (one
+    batch read ahead, one file at a time: driver memory stays flat whatever the table's size; a
+    retried commit calls it again)."""
+
+    files: list[str]
+    rows: int
+    frame: DataFrame
+    batch_rows: int
+
+    def batches(self) -> pa.RecordBatchReader:
+        return (
+            pads.dataset(self.files, format="parquet")
+            .scanner(batch_size=self.batch_rows, batch_readahead=1, fragment_readahead=1)
+            .to_reader()
+        )
+
+
 @contextmanager
-def _staged(df: DataFrame, path: str) -> Iterator[Callable[[], pa.RecordBatchReader]]:
-    """Let Spark write `df` as Parquet in parallel; yield a factory of streaming Arrow readers over
-    those files (a retried commit reads them again)."""
+def _staged(df: DataFrame, path: str) -> Iterator[Staged]:
+    """Let Spark write `df` as Parquet in parallel beside the table; removed afterwards."""
     staging = Path(path).parent / "_staging" / uuid.uuid4().hex
     try:
         df.write.mode("overwrite").parquet(str(staging))
         files = sorted(str(p) for p in Path(staging).glob("*.parquet"))
-        rows = _batch_rows(files)
-        # one batch read ahead, one file at a time: driver memory stays flat whatever the table's size
-        yield (
-            lambda: (
-                pads.dataset(files, format="parquet")
-                .scanner(batch_size=rows, batch_readahead=1, fragment_readahead=1)
-                .to_reader()
-            )
-        )
+        rows, size = _footers(files)
+        frame = df.sparkSession.read.schema(df.schema).parquet(str(staging))
+        yield Staged(files, rows, frame, _batch_rows(rows, size))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _batch_rows(files: list[str]) -> int:
-    """Rows per streamed batch: about _BATCH_BYTES of uncompressed data, from the Parquet footers
-    (a wide row, e.g. interest_features' ~1.4 KB, gives smaller batches)."""
+def _footers(files: list[str]) -> tuple[int, int]:
+    """(rows, uncompressed bytes) of Parquet `files`, from their footers."""
     import pyarrow.parquet as pq
 
     rows = size = 0
-    for f in files[:8]:
+    for f in files:
         meta = pq.ParquetFile(f).metadata
         rows += meta.num_rows
         size += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return rows, size
+
+
+def _batch_rows(rows: int, size: int) -> int:
+    """Rows per streamed batch: about _BATCH_BYTES of uncompressed data (a wide row, e.g.
+    interest_features' ~1.4 KB, gives smaller batches)."""
     return max(1024, min(1 << 20, _BATCH_BYTES * rows // size)) if size else 64_000

@@ -32,9 +32,8 @@ from mminterest import feature_math
 from mminterest.candidates import ItemVectors, target_inputs
 from mminterest.config import Config, get_config
 from mminterest.schemas import MODALITIES, utc
-from spark_jobs import delta_io, increments
+from spark_jobs import delta_io, increments, job
 from spark_jobs.behaviour import TABLE as BEHAVIOUR
-from spark_jobs.job import JobSummary, require
 from spark_jobs.schemas import ddl
 
 log = logging.getLogger("mminterest.interest")
@@ -43,9 +42,12 @@ CHUNK_BYTES = 4 << 20  # float64 history vectors per feature_math call: stays in
 SCHEMA = ddl(TABLE)  # mminterest/schemas.py
 
 
-def with_history(interactions: DataFrame, states: DataFrame) -> DataFrame:
+def with_history(
+    interactions: DataFrame, states: DataFrame, partitions: int | None = None
+) -> DataFrame:
     """Labelled rows + `hist_item_ids` of the state in force at event_ts (empty if none): an as-of
-    join done as one sort per user (states before rows at equal times: valid-from <= ts)."""
+    join done as one sort per user (states before rows at equal times: valid-from <= ts), in
+    `partitions` tasks (None: as adaptive execution coalesces the shuffle)."""
     rows = interactions.where(F.col("label").isNotNull()).select(
         "user_id",
         "item_id",
@@ -66,9 +68,11 @@ def with_history(interactions: DataFrame, states: DataFrame) -> DataFrame:
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
     state = F.last("hist_item_ids", ignorenulls=True).over(upto)
+    both = rows.unionByName(marks)
+    if partitions is not None:  # hash-partitioned by user: the window needs no other shuffle
+        both = both.repartition(partitions, "user_id")
     return (
-        rows.unionByName(marks)
-        .withColumn("hist_item_ids", state)
+        both.withColumn("hist_item_ids", state)
         .where("_kind = 1")
         .select(
             "user_id",
@@ -89,6 +93,24 @@ def item_vectors(spark: SparkSession, cfg: Config) -> ItemVectors:
         table["item_id"].to_numpy(),
         {m: table[m].to_numpy(zero_copy_only=False) for m in MODALITIES},
     )
+
+
+def row_bytes(cfg: Config) -> int:
+    """Bytes of one output row: keys, hist_len, and per modality two seq_len sequences (float32
+    scores, bool mask) and a histogram of time_slices * sim_bins float32 cells (~1.5 KB)."""
+    return 28 + len(MODALITIES) * (5 * cfg.seq_len + 4 * cfg.time_slices * cfg.sim_bins)
+
+
+def partitions(spark: SparkSession, cfg: Config, rows: int) -> int:
+    """Tasks for `rows` output rows: each writes about the advisory partition size
+    (session.PARTITION_BYTES) of output, whatever the input's width (a row grows ~15x here, so
+    sizing by input bytes would give each task 15x the output), at least one per core;
+    `spark_shuffle_partitions` > 0 fixes the number."""
+    if cfg.spark_shuffle_partitions > 0:
+        return cfg.spark_shuffle_partitions
+    per_task = int(spark.conf.get("spark.sql.adaptive.advisoryPartitionSizeInBytes") or 0)
+    wanted = -(-rows * row_bytes(cfg) // max(per_task, 1))
+    return max(spark.sparkContext.defaultParallelism, wanted)
 
 
 def chunk_rows(vectors: ItemVectors, seq_len: int) -> int:
@@ -141,15 +163,14 @@ def compute(
     cut: increments.Cutoffs | None = None,
     interactions_version: int | None = None,
 ) -> DataFrame:
-    """The interest_features rows (lazy): all, or those of the users of `cut` from their cutoff on."""
+    """The interest_features rows (lazy): all, or those of the users of `cut` from their cutoff on.
+    A full rebuild runs in `partitions` sized from the interactions' row count (the Delta log's),
+    a window's few rows as adaptive execution coalesces them."""
     path = cfg.table("interactions")
-    interactions = increments.read_at(
-        spark,
-        path,
-        increments.version(cfg, "interactions")
-        if interactions_version is None
-        else interactions_version,
-    )
+    if interactions_version is None:
+        interactions_version = increments.version(cfg, "interactions")
+    interactions = increments.read_at(spark, path, interactions_version)
+    tasks = None
     states = delta_io.read(spark, cfg.table(BEHAVIOUR))
     if cut is not None:
         users = F.broadcast(increments.as_frame(spark, cut))
@@ -159,6 +180,8 @@ def compute(
             .drop("cutoff")
         )
         states = states.join(users.select("user_id"), "user_id", "left_semi")
+    else:
+        tasks = partitions(spark, cfg, increments.rows_at(spark, path, interactions_version))
     vectors = spark.sparkContext.broadcast(item_vectors(spark, cfg))
     seq_len, slices, bins = cfg.seq_len, cfg.time_slices, cfg.sim_bins
 
@@ -176,28 +199,28 @@ def compute(
                 flush=True,
             )
 
-    return with_history(interactions, states).mapInArrow(per_batch, SCHEMA)
+    return with_history(interactions, states, tasks).mapInArrow(per_batch, SCHEMA)
 
 
-def publish(df: DataFrame, cfg: Config, predicate: str | None = None) -> int:
-    """Gate `df`, then replace the rows matching `predicate` (or the table) in one commit. Returns
-    the version."""
+def publish(df: DataFrame, cfg: Config, predicate: str | None = None) -> tuple[int, int]:
+    """Gate `df`, then replace the rows matching `predicate` (or the table): `job.publish`."""
     from spark_jobs.feature_checks import check_interest  # driver only: Python workers import
     # this module to run `features`, and Great Expectations would add seconds to each
 
-    check_interest(df, cfg)
-    return delta_io.write(df, cfg.table(TABLE), mode="overwrite", predicate=predicate)
+    return job.publish(
+        df, cfg.table(TABLE), lambda d: check_interest(d, cfg), "interest", predicate
+    )
 
 
 def run(
     cfg: Config | None = None, spark: SparkSession | None = None, start=None, end=None
-) -> JobSummary:
+) -> job.JobSummary:
     """Compute and publish interest_features: every row (no window), or the rows a run over the
     window [start, end) must recompute."""
     from spark_jobs.session import get_spark
 
     cfg = cfg or get_config()
-    require(cfg, "interactions", BEHAVIOUR, "item_embeddings")
+    job.require(cfg, "interactions", BEHAVIOUR, "item_embeddings")
     spark = spark or get_spark("mmi-interest", cfg)
     begun = time.time()
     inputs = {t: increments.version(cfg, t) for t in ("interactions", "item_embeddings")}
@@ -207,24 +230,21 @@ def run(
     window = f"[{utc(start) or '-inf'}, {utc(end) or '+inf'})"
     note = "full rebuild" if cut is None else f"{len(cut):,} users from their earliest new event"
     log.info(
-        "interest [1/3] %s%s, history from %s",
+        "interest [1/3] computing: %s%s, history from %s",
         note,
         f", window {window}" if windowed else "",
         cfg.table(BEHAVIOUR),
     )
-    out = compute(spark, cfg, cut, inputs["interactions"]).persist()
-    try:
-        rows = out.count()
-        if cut == {}:
-            log.info("interest [2/3] nothing new: %s unchanged", cfg.table(TABLE))
-        else:
-            log.info("interest [2/3] checking %s rows", f"{rows:,}")
-            version = publish(out, cfg, None if cut is None else increments.predicate(cut, ">="))
-            log.info("interest [3/3] wrote %s (version %d)", cfg.table(TABLE), version)
-        increments.save(cfg, TABLE, inputs, params)
-    finally:
-        out.unpersist()
-    summary = JobSummary(
+    rows = 0
+    if cut == {}:
+        log.info("interest [2/3] nothing new: %s unchanged", cfg.table(TABLE))
+    else:
+        out = compute(spark, cfg, cut, inputs["interactions"])
+        predicate = None if cut is None else increments.predicate(cut, ">=")
+        version, rows = publish(out, cfg, predicate)
+        log.info("interest [3/3] wrote %s (version %d)", cfg.table(TABLE), version)
+    increments.save(cfg, TABLE, inputs, params)
+    summary = job.JobSummary(
         "interest",
         rows,
         rows,

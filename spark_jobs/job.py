@@ -1,5 +1,5 @@
-"""What every feature job shares: its one-line summary, a clear error for a missing input, and one
-line (exit OUT_OF_MEMORY_EXIT) when it runs out of memory."""
+"""What every feature job shares: its one-line summary, a clear error for a missing input, the gated
+publish of its output, and one line (exit OUT_OF_MEMORY_EXIT) when it runs out of memory."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from pyspark.sql import DataFrame
 
 from mminterest.config import Config
 from spark_jobs import delta_io
@@ -33,6 +35,27 @@ def require(cfg: Config, *tables: str) -> None:
             "missing input table(s): "
             + "; ".join(f"{cfg.table(t)} (made by {MADE_BY.get(t, '?')})" for t in missing)
         )
+
+
+def publish(
+    df: DataFrame,
+    path: str,
+    check: Callable[[DataFrame], object],
+    job: str,
+    predicate: str | None = None,
+) -> tuple[int, int]:
+    """Compute `df` once into staging Parquet, `check` those rows (a feature_checks gate: raises to
+    publish nothing), then overwrite the table at `path`, or only its rows matching `predicate`,
+    with them in one commit. Nothing is cached in memory, whatever the size. Returns (version, rows)."""
+    rows = 0
+
+    def gate(staged: delta_io.Staged) -> None:
+        nonlocal rows
+        rows = staged.rows
+        logging.getLogger(f"mminterest.{job}").info("%s [2/3] checking %s rows", job, f"{rows:,}")
+        check(staged.frame)
+
+    return delta_io.write(df, path, mode="overwrite", predicate=predicate, gate=gate), rows
 
 
 @dataclass(frozen=True)
@@ -151,25 +174,28 @@ def _chain(err: BaseException | None):
         err = err.__cause__ or err.__context__
 
 
-def _text(err: BaseException) -> str:
-    """str(err); a Py4JJavaError's str asks the JVM, which may be gone."""
+def _text(err: BaseException) -> str | None:
+    """str(err), None when it fails: a Py4JJavaError's str asks the JVM, which may be gone."""
     try:
         return str(err)
     except Exception:  # noqa: BLE001 (py4j raises whatever its dead connection gives)
-        return type(err).__name__
+        return None
 
 
 def _is_oom(err: BaseException) -> bool:
     return any(
-        isinstance(e, MemoryError) or any(m in _text(e) for m in _OOM_MARKS) for e in _chain(err)
+        isinstance(e, MemoryError) or any(m in (_text(e) or "") for m in _OOM_MARKS)
+        for e in _chain(err)
     )
 
 
 def _jvm_gone(err: BaseException) -> bool:
+    """The error says the JVM is gone, or cannot even be turned into text (its JVM is gone)."""
     return any(
         isinstance(e, ConnectionError)
         or "Py4JNetworkError" in type(e).__name__
-        or any(m in _text(e) for m in _JVM_GONE)
+        or (text := _text(e)) is None
+        or any(m in text for m in _JVM_GONE)
         for e in _chain(err)
     )
 

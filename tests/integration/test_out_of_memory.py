@@ -1,6 +1,8 @@
 """Out of memory (issue 16): a feature job whose Spark JVM runs out of heap on a small slice of
 the real interactions ends with ONE line naming the job, its stage and the setting to change,
-exit code OUT_OF_MEMORY_EXIT, no Python/Py4J traceback cascade, and nothing committed."""
+exit code OUT_OF_MEMORY_EXIT, no Python/Py4J traceback cascade, and nothing committed; so does a
+job whose JVM dies of it (a task's OutOfMemoryError makes Spark exit the JVM with code 52) while
+the job's clean-up still talks to it."""
 
 from __future__ import annotations
 
@@ -78,3 +80,42 @@ def test_out_of_memory_is_one_line_with_its_own_exit_code_and_commits_nothing(tm
     ], python_side
     assert not (home / "delta" / "user_behaviour").exists()  # nothing committed
     assert not list((home / "delta").glob("_staging/*"))
+
+
+DYING_JOB = """
+import logging, sys
+from pyspark.sql import functions as F
+from spark_jobs.job import guarded
+from spark_jobs.session import get_spark
+
+def run():
+    spark = get_spark("mmi-oom-test")
+    logging.getLogger("mminterest.interest").info("interest [1/3] computing: 4 rows of 5 M strings")
+    text = F.concat(F.lit("x" * 100), F.col("id").cast("string"))  # not folded on the driver
+    wide = spark.range(4).select(F.array_repeat(text, 5_000_000).alias("a")).persist()
+    try:
+        return wide.count()
+    finally:
+        wide.unpersist()  # clean-up talks to the dying JVM, as a job's would
+
+logging.basicConfig(level=logging.INFO)
+sys.exit(guarded(run))
+"""
+
+
+def test_a_jvm_killed_by_out_of_memory_still_gives_one_line_and_its_exit_code(tmp_path):
+    env = {**os.environ, "MMI_HOME": str(tmp_path / "mmi"), **TINY}
+    done = subprocess.run(
+        [sys.executable, "-c", DYING_JOB],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == OUT_OF_MEMORY_EXIT, done.stderr[-3000:]
+    assert len(errors) == 1, errors
+    assert "interest: out of memory at stage [1/3] computing" in errors[0], errors[0]
+    assert "the Spark JVM exited with code 52" in errors[0], errors[0]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]

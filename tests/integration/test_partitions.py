@@ -1,5 +1,6 @@
 """Partitions are sized from the data (issue 16): at the same configuration, ten times the rows
-give more tasks; `spark_shuffle_partitions` > 0 fixes their number."""
+give more tasks; `spark_shuffle_partitions` > 0 fixes their number. The interest job sizes its
+tasks by its wide output rows, not by its narrow input."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 from pyspark.sql import functions as F
 
 from mminterest.config import load_config
-from spark_jobs import behaviour
+from spark_jobs import behaviour, interest_features
 from spark_jobs.session import partition_conf
 from tests.conftest import REAL_DATASET
 
@@ -66,3 +67,21 @@ def test_ten_times_the_rows_give_more_tasks_at_the_same_configuration(spark):
     assert tasks_10x >= 4 * tasks_1x, (tasks_1x, tasks_10x)
     with sized(spark, 3):  # the override: that many, whatever the size
         assert _tasks(behaviour.states(large, 64)) == 3
+
+
+def test_interest_tasks_follow_its_output_rows(spark):
+    def tasks(interactions, partitions: int = 0) -> int:
+        cfg = load_config(spark_shuffle_partitions=partitions)
+        rows = interactions.count()
+        history = interest_features.with_history(
+            interactions,
+            behaviour.states(interactions, cfg.seq_len),
+            interest_features.partitions(spark, cfg, rows),
+        )
+        return _tasks(history)
+
+    small, large = _interactions(spark, 1), _interactions(spark, 10)
+    with sized(spark, 0, advisory=1 << 20):  # 1 MB of output rows (~1.5 KB each) per task
+        tasks_1x, tasks_10x = tasks(small), tasks(large)
+    assert tasks_1x >= 5 and tasks_10x >= 8 * tasks_1x, (tasks_1x, tasks_10x)
+    assert tasks(large, partitions=3) == 3  # the override
