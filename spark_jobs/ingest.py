@@ -12,7 +12,9 @@ window ran) and, on an empty table, everything before `end` (the first load). Ev
 `end` wait for their window (unless their timestamp is out of range: those are quarantined now).
 Only the admitted candidates are validated: catalogue rows (items, images) equal to what `items`
 already holds were validated when they were admitted and are taken as they are; the rest (new,
-changed, previously refused) go through the suites. Without a window the whole dataset is
+changed, previously refused) go through the suites; and while the catalogue files are unchanged
+since the last run (`catalogue_mark`: size, mtime, check settings) and `items` has not been
+written since, the catalogue is not read at all. Without a window the whole dataset is
 validated and merged, as a full rebuild.
 
     spark-submit spark_jobs/ingest.py [--start ISO --end ISO]      or      mmi ingest [...]
@@ -32,8 +34,8 @@ from pyspark.sql import functions as F
 
 from mminterest.config import Config, get_config
 from mminterest.schemas import utc
-from spark_jobs import delta_io
-from spark_jobs.adapters import get_adapter
+from spark_jobs import delta_io, increments
+from spark_jobs.adapters import DatasetAdapter, get_adapter
 from spark_jobs.expectations import image_checks, interaction_checks, item_checks
 from spark_jobs.validation import run_suite, split_failed
 
@@ -41,6 +43,9 @@ log = logging.getLogger("mminterest.ingest")
 RID = "_rid"
 QUARANTINE_KEYS = ["source", "record_hash"]
 INTERACTION_KEYS = ["user_id", "item_id", "event_ts"]
+QUARANTINE_SCHEMA = (
+    "source string, record_hash string, reason string, checks array<string>, record string"
+)
 
 
 class BadInputError(RuntimeError):
@@ -55,6 +60,7 @@ class IngestSummary:
     seconds: float
     skipped: dict[str, int] = field(default_factory=dict)  # windowed: already held, or not due yet
     window: str = ""
+    catalogue_read: bool = True  # False: catalogue files unchanged, items taken as held
 
     def line(self) -> str:
         def fmt(d: dict[str, int]) -> str:
@@ -62,9 +68,10 @@ class IngestSummary:
 
         skipped = f", skipped {fmt(self.skipped)}" if self.skipped else ""
         window = f" [window {self.window}]" if self.window else ""
+        held = "" if self.catalogue_read else ", catalogue unchanged"
         return (
             f"ingest{window}: rows in {fmt(self.rows_in)}, written {fmt(self.written)}, "
-            f"quarantined {fmt(self.quarantined)}{skipped}, {self.seconds:.1f} s"
+            f"quarantined {fmt(self.quarantined)}{skipped}{held}, {self.seconds:.1f} s"
         )
 
 
@@ -151,29 +158,57 @@ def run(
         spark.catalog.clearCache()  # the persisted frames of this run must not serve the next one
 
 
-def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
-    begun = time.time()
-    report_dir = cfg.reports_dir / "validation"
-    adapter = get_adapter(cfg.dataset)
+@dataclass
+class _Catalogue:
+    """The items and images a run goes on with, and what checking them gave."""
+
+    items: DataFrame  # good items: item_id, title, text, category
+    images: DataFrame  # good images: item_id, image_path
+    quarantine: DataFrame
+    rows_in: dict[str, int]  # rows validated, per source
+    kept: dict[str, int]  # rows taken as `items` holds them, per source
+    new_images: DataFrame | None  # images admitted by this run's suite
+    read: bool = True  # False: taken as `items` holds it, the source files not read
+
+
+def catalogue_mark(adapter: DatasetAdapter, cfg: Config) -> dict:
+    """What the catalogue was read from: each catalogue file's (size, mtime), and the settings
+    its checks use. Unchanged since the last run (and `items` untouched since): nothing to check."""
+
+    def stat(path: Path) -> list[int] | None:
+        return [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
+
+    files = {str(f): stat(f) for f in adapter.catalogue_files(cfg)}
+    return {"dataset": cfg.dataset, "max_text_chars": cfg.max_text_chars, "files": files}
+
+
+def _staged(df: DataFrame) -> DataFrame:
+    return df.withColumn(RID, F.monotonically_increasing_id()).persist()
+
+
+def _held_catalogue(held_items: DataFrame) -> _Catalogue:
+    """The catalogue as `items` holds it (its sources unchanged since it was checked)."""
+    images = held_items.select("item_id", "image_path")
+    spark = held_items.sparkSession
+    return _Catalogue(
+        held_items.select("item_id", "title", "text", "category"),
+        images,
+        spark.createDataFrame([], QUARANTINE_SCHEMA),
+        {"items": 0, "images": 0},
+        {"items": held_items.count(), "images": images.where("image_path IS NOT NULL").count()},
+        None,
+        read=False,
+    )
+
+
+def _checked_catalogue(
+    spark: SparkSession, cfg: Config, adapter: DatasetAdapter, held_items: DataFrame | None
+) -> _Catalogue:
+    """Items, then images, through their suites (rows equal to what `items` holds are kept)."""
     # pyspark's stub lacks the type-hinted (no functionType) overload of pandas_udf
     image_status = F.pandas_udf(_image_status, "string")  # type: ignore[call-overload]
-    now = datetime.now(UTC)  # one "now" for the range check and the replay's future
-
-    def staged(df: DataFrame) -> DataFrame:
-        return df.withColumn(RID, F.monotonically_increasing_id()).persist()
-
-    def held(name: str) -> DataFrame | None:
-        """What table `name` holds (windowed runs only)."""
-        path = cfg.table(name)
-        return (
-            delta_io.read(spark, path).persist()
-            if end is not None and delta_io.exists(path)
-            else None
-        )
-
-    held_items = held("items")
     log.info("ingest [1/4] validating items from %s", cfg.dataset_dir)
-    items = _first_of(staged(adapter.items(spark, cfg)), ["item_id"], "first_of_id")
+    items = _first_of(_staged(adapter.items(spark, cfg)), ["item_id"], "first_of_id")
     items, kept_items = _held_back(
         items, held_items, ["item_id", "title", "text", "category"], "first_of_id"
     )
@@ -184,7 +219,7 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
     known = good_items.select("item_id", F.lit(True).alias("item_known"))
 
     log.info("ingest [2/4] validating images")
-    images = staged(adapter.images(spark, cfg))
+    images = _staged(adapter.images(spark, cfg))
     images = (
         _first_of(images, ["item_id"], "first_of_id")
         .join(F.broadcast(known), "item_id", "left")
@@ -204,9 +239,49 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
     good_images = new_images
     if kept_images is not None:
         good_images = new_images.select(*kept_images.columns).unionByName(kept_images)
+    return _Catalogue(
+        good_items.select("item_id", "title", "text", "category"),
+        good_images.select("item_id", "image_path"),
+        q_items.unionByName(q_images),
+        {"items": n_items, "images": n_images},
+        {
+            "items": kept_items.count() if kept_items is not None else 0,
+            "images": kept_images.count() if kept_images is not None else 0,
+        },
+        new_images if n_images else None,
+    )
+
+
+def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
+    begun = time.time()
+    report_dir = cfg.reports_dir / "validation"
+    adapter = get_adapter(cfg.dataset)
+    now = datetime.now(UTC)  # one "now" for the range check and the replay's future
+
+    def held(name: str) -> DataFrame | None:
+        """What table `name` holds (windowed runs only)."""
+        path = cfg.table(name)
+        return (
+            delta_io.read(spark, path).persist()
+            if end is not None and delta_io.exists(path)
+            else None
+        )
+
+    held_items = held("items")
+    mark = catalogue_mark(adapter, cfg)
+    if held_items is not None and increments.consumed(cfg, "items", mark) is not None:
+        log.info(
+            "ingest [1/4] catalogue files unchanged since the last run: items and images as %s "
+            "holds them",
+            cfg.table("items"),
+        )
+        catalogue = _held_catalogue(held_items)
+    else:
+        catalogue = _checked_catalogue(spark, cfg, adapter, held_items)
+    known = catalogue.items.select("item_id", F.lit(True).alias("item_known"))
 
     log.info("ingest [3/4] validating interactions%s", f" before {end}" if end is not None else "")
-    events = staged(adapter.interactions(spark, cfg))
+    events = _staged(adapter.interactions(spark, cfg))
     skipped = {}
     if end is not None:  # the replay: events at/after `end` are not due yet; held ones stay
         horizon = now + timedelta(days=1)  # later than that: out of range, quarantined now
@@ -231,19 +306,15 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
         (F.col("rating") >= cfg.positive_rating).cast("int").alias("label"),
     ).persist()
 
-    quarantine = q_items.unionByName(q_images).unionByName(q_events)
+    quarantine = catalogue.quarantine.unionByName(q_events)
     quarantine = (
         quarantine.groupBy("source", "record_hash", "reason", "checks", "record")
         .agg(F.count("*").alias("copies"))
         .persist()
     )
-    rows_in = {"interactions": n_events, "items": n_items, "images": n_images}
-    kept = {
-        "items": kept_items.count() if kept_items is not None else 0,
-        "images": kept_images.count() if kept_images is not None else 0,
-    }
+    rows_in = {"interactions": n_events, **catalogue.rows_in}
     if end is not None:
-        skipped = {"interactions": total - n_events, **kept}
+        skipped = {"interactions": total - n_events, **catalogue.kept}
     bad = {s: 0 for s in rows_in}
     bad.update(
         {
@@ -265,10 +336,8 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
         )
 
     first_seen = good_events.groupBy("item_id").agg(F.min("event_ts").alias("first_seen_ts"))
-    items_out = (
-        good_items.select("item_id", "title", "text", "category")
-        .join(good_images.select("item_id", "image_path"), "item_id", "left")
-        .join(first_seen, "item_id", "left")
+    items_out = catalogue.items.join(catalogue.images, "item_id", "left").join(
+        first_seen, "item_id", "left"
     )
     if held_items is not None:  # first seen: the earlier of the held and the newly admitted events
         prior = held_items.select("item_id", F.col("first_seen_ts").alias("_prior"))
@@ -282,14 +351,23 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
     written = {
         "interactions": good_events.count() if n_events else 0,
         "items": items_out.count(),
-        "images": new_images.count() if n_images else 0,
+        "images": catalogue.new_images.count() if catalogue.new_images is not None else 0,
     }
     if written["items"] or not delta_io.exists(cfg.table("items")):
         delta_io.merge(items_out, cfg.table("items"), ["item_id"])
     if written["interactions"] or not delta_io.exists(cfg.table("interactions")):
         delta_io.merge(good_events, cfg.table("interactions"), INTERACTION_KEYS)
+    increments.save(cfg, "items", {}, mark)  # the catalogue `items` now holds was read from these
     window = f"[{start or '-inf'}, {end})" if end is not None else ""
-    summary = IngestSummary(rows_in, written, bad, time.time() - begun, skipped, window)
+    summary = IngestSummary(
+        rows_in,
+        written,
+        bad,
+        time.time() - begun,
+        skipped,
+        window,
+        catalogue_read=catalogue.read,
+    )
     log.info(summary.line())
     return summary
 

@@ -8,12 +8,16 @@ so that nothing is lost when a row is quarantined:
 - items:        item_id long, title string, text string, category string, _raw
 - images:       item_id long, image_path string (absolute), _raw
 
+`catalogue_files` names the files items and images are read from: while none of them changes (size,
+mtime), a windowed ingest takes the catalogue as the `items` table holds it.
+
 Validation, labels and Delta writes are generic (spark_jobs.ingest); a new dataset needs only a
 new adapter registered in ADAPTERS.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from pyspark.sql import DataFrame, SparkSession
@@ -25,6 +29,7 @@ class DatasetAdapter(Protocol):
     def interactions(self, spark: SparkSession, cfg: Config) -> DataFrame: ...
     def items(self, spark: SparkSession, cfg: Config) -> DataFrame: ...
     def images(self, spark: SparkSession, cfg: Config) -> DataFrame: ...
+    def catalogue_files(self, cfg: Config) -> list[Path]: ...
 
 
 def get_adapter(name: str) -> DatasetAdapter:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -59,6 +61,9 @@ class MovieLensAdapter:
             normalised_category(F.col("genres")).alias("category"),
             "_raw",
         )
+
+    def catalogue_files(self, cfg: Config) -> list[Path]:
+        return [cfg.dataset_dir / "movies.csv", cfg.dataset_dir / "posters_index.csv"]
 
     def images(self, spark: SparkSession, cfg: Config) -> DataFrame:
         raw = _csv(spark, cfg.dataset_dir / "posters_index.csv")

@@ -3,7 +3,8 @@ consecutive daily runs of ingest -> behaviour -> interest features, with an even
 late (in the last day's source, stamped days earlier), leave interactions and items equal to the
 source's events before the last day's end, and user_behaviour and interest_features equal, row for
 row, to a full rebuild from those interactions; a run admits nothing at or after its window's end;
-re-running a day leaves the tables unchanged. No posters: the slice needs no image suite."""
+re-running a day leaves the tables unchanged; an unchanged catalogue is not read again, a changed
+one is. No posters: the slice needs no image suite."""
 
 from __future__ import annotations
 
@@ -153,3 +154,25 @@ def test_nothing_new_and_no_window_event_writes_nothing(runs, spark):
         )
         is not None
     )
+
+
+def test_an_unchanged_catalogue_is_not_read_again_and_a_changed_one_is(runs, spark, tmp_path):
+    daily, _, _, late = runs
+    home, dataset = tmp_path / "home", tmp_path / "dataset"
+    shutil.copytree(daily.home, home)  # the module's home stays as the other tests left it
+    cfg = _cfg(home, late)
+    items = snapshot(cfg, {"items": TABLES["items"]})
+    again = ingest.run(cfg, spark, start=DAYS[-1], end=DAYS[-1] + DAY)
+    assert not again.catalogue_read and again.rows_in["items"] == 0, again.line()
+    assert "catalogue unchanged" in again.line()
+    assert_equal(snapshot(cfg, {"items": TABLES["items"]}), items)
+
+    shutil.copytree(late, dataset)
+    movies = (dataset / "movies.csv").read_text().splitlines()
+    item_id, rest = movies[1].split(",", 1)
+    movies[1] = f"{item_id},Renamed (2016),{rest.rsplit(',', 1)[1]}"
+    (dataset / "movies.csv").write_text("\n".join(movies) + "\n")
+    changed = ingest.run(_cfg(home, dataset), spark, start=DAYS[-1], end=DAYS[-1] + DAY)
+    assert changed.catalogue_read and changed.rows_in["items"] == 1, changed.line()
+    renamed = delta_io.read(spark, cfg.table("items")).where(f"item_id = {item_id}").first()
+    assert renamed is not None and renamed["title"] == "Renamed (2016)"
