@@ -58,6 +58,14 @@ class ItemVectors:
             attr_values[name] = attr_values[name][order]
         return cls(ids[order], vecs, present, attr_values)
 
+    @classmethod
+    def from_arrow(cls, table, fields: Sequence[str]) -> ItemVectors:
+        """From an Arrow table with `item_id` and the list columns `fields` (null = absent)."""
+        return cls.from_rows(
+            table["item_id"].to_numpy(),
+            {f: table[f].to_numpy(zero_copy_only=False) for f in fields},
+        )
+
     def take(
         self, item_ids, fields: Sequence[str] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -166,6 +166,4 @@ def _item_vectors(path: str, ids: np.ndarray, until) -> ItemVectors:
         filter=pc.field("item_id").isin(pa.array(ids))
         & (pc.field("valid_from_ts") <= pa.scalar(until)),
     )
-    return ItemVectors.from_rows(
-        table["item_id"].to_numpy(), {f: table[f].to_numpy(zero_copy_only=False) for f in VECTORS}
-    )
+    return ItemVectors.from_arrow(table, VECTORS)
