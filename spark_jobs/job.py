@@ -91,7 +91,8 @@ _JVM_GONE = (
     "SparkContext was shut down",
     "SparkContext has been shutdown",
 )
-_JVM_EXIT_WAIT_S = 30  # after a fatal error in a task, Spark stops its context, then the JVM exits
+_JVM_EXIT_WAIT_S = 120  # after a fatal error in a task, Spark stops its context, then the JVM
+# exits: seconds when idle, over 30 s on a loaded machine (test_out_of_memory failed at load 5-9)
 _STAGE = re.compile(r"^(?P<job>[a-z][\w ]*?) \[(?P<k>\d+)/(?P<n>\d+)\] (?P<what>.*)$")
 
 

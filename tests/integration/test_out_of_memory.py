@@ -47,28 +47,25 @@ def _interactions(home: Path) -> None:
     )
 
 
+def _one_error(argv: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, str]:
+    """Run `argv`; assert it exited OUT_OF_MEMORY_EXIT with exactly one `error:` line; both."""
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == OUT_OF_MEMORY_EXIT, done.stderr[-3000:]
+    assert len(errors) == 1, errors
+    return done, errors[0]
+
+
 def test_out_of_memory_is_one_line_with_its_own_exit_code_and_commits_nothing(tmp_path):
     home = tmp_path / "mmi"
     _interactions(home)
     env = {**os.environ, "MMI_HOME": str(home), **TINY}
     env.pop("MMI_SPARK_SHUFFLE_PARTITIONS", None)
-    mmi = str(Path(sys.executable).with_name("mmi"))
-    done = subprocess.run(
-        [mmi, "build", "behaviour"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    done, error = _one_error(
+        [str(Path(sys.executable).with_name("mmi")), "build", "behaviour"], env
     )
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode == OUT_OF_MEMORY_EXIT, done.stderr[-3000:]
-    assert len(errors) == 1, errors
-    assert "behaviour: out of memory at stage [1/3]" in errors[0], errors[0]
-    assert (
-        "spark_driver_memory=128m" in errors[0]
-        and "MMI_SPARK_DRIVER_MEMORY (e.g. 256m)" in errors[0]
-    )
+    assert "behaviour: out of memory at stage [1/3]" in error, error
+    assert "spark_driver_memory=128m" in error and "MMI_SPARK_DRIVER_MEMORY (e.g. 256m)" in error
     jvm_log = re.compile(
         r"^(\t|\d\d/\d\d/\d\d |java\.|Caused by|\s+\.\.\.)"
     )  # Spark's own log lines
@@ -105,17 +102,7 @@ sys.exit(guarded(run))
 
 def test_a_jvm_killed_by_out_of_memory_still_gives_one_line_and_its_exit_code(tmp_path):
     env = {**os.environ, "MMI_HOME": str(tmp_path / "mmi"), **TINY}
-    done = subprocess.run(
-        [sys.executable, "-c", DYING_JOB],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode == OUT_OF_MEMORY_EXIT, done.stderr[-3000:]
-    assert len(errors) == 1, errors
-    assert "interest: out of memory at stage [1/3] computing" in errors[0], errors[0]
+    done, error = _one_error([sys.executable, "-c", DYING_JOB], env)
+    assert "interest: out of memory at stage [1/3] computing" in error, error
     # "the Spark JVM exited with code 52" is added when it has exited by then: a race, not asserted
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
