@@ -182,7 +182,8 @@ def catalogue_mark(adapter: DatasetAdapter, cfg: Config) -> dict:
     return {"dataset": cfg.dataset, "max_text_chars": cfg.max_text_chars, "files": files}
 
 
-def _staged(df: DataFrame) -> DataFrame:
+def _numbered(df: DataFrame) -> DataFrame:
+    """`df` with a row id (`RID`, names failing rows in the GE report), persisted: read once."""
     return df.withColumn(RID, F.monotonically_increasing_id()).persist()
 
 
@@ -208,7 +209,7 @@ def _checked_catalogue(
     # pyspark's stub lacks the type-hinted (no functionType) overload of pandas_udf
     image_status = F.pandas_udf(_image_status, "string")  # type: ignore[call-overload]
     log.info("ingest [1/4] validating items from %s", cfg.dataset_dir)
-    items = _first_of(_staged(adapter.items(spark, cfg)), ["item_id"], "first_of_id")
+    items = _first_of(_numbered(adapter.items(spark, cfg)), ["item_id"], "first_of_id")
     items, kept_items = _held_back(
         items, held_items, ["item_id", "title", "text", "category"], "first_of_id"
     )
@@ -219,7 +220,7 @@ def _checked_catalogue(
     known = good_items.select("item_id", F.lit(True).alias("item_known"))
 
     log.info("ingest [2/4] validating images")
-    images = _staged(adapter.images(spark, cfg))
+    images = _numbered(adapter.images(spark, cfg))
     images = (
         _first_of(images, ["item_id"], "first_of_id")
         .join(F.broadcast(known), "item_id", "left")
@@ -281,7 +282,7 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
     known = catalogue.items.select("item_id", F.lit(True).alias("item_known"))
 
     log.info("ingest [3/4] validating interactions%s", f" before {end}" if end is not None else "")
-    events = _staged(adapter.interactions(spark, cfg))
+    events = _numbered(adapter.interactions(spark, cfg))
     skipped = {}
     if end is not None:  # the replay: events at/after `end` are not due yet; held ones stay
         horizon = now + timedelta(days=1)  # later than that: out of range, quarantined now

@@ -107,9 +107,11 @@ def partitions(spark: SparkSession, cfg: Config, rows: int) -> int:
     `spark_shuffle_partitions` > 0 fixes the number."""
     if cfg.spark_shuffle_partitions > 0:
         return cfg.spark_shuffle_partitions
-    per_task = int(spark.conf.get("spark.sql.adaptive.advisoryPartitionSizeInBytes") or 0)
-    wanted = -(-rows * row_bytes(cfg) // max(per_task, 1))
-    return max(spark.sparkContext.defaultParallelism, wanted)
+    from spark_jobs.session import PARTITION_BYTES
+
+    key = "spark.sql.adaptive.advisoryPartitionSizeInBytes"
+    per_task = int(spark.conf.get(key, str(PARTITION_BYTES)) or PARTITION_BYTES)
+    return max(spark.sparkContext.defaultParallelism, -(-rows * row_bytes(cfg) // per_task))
 
 
 def chunk_rows(vectors: ItemVectors, seq_len: int) -> int:
