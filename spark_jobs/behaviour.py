@@ -88,7 +88,7 @@ def run(
         {"seq_len": cfg.seq_len},
     )
     windowed = start is not None or end is not None
-    cut = increments.touched(spark, cfg, TABLE, inputs, params, start, end) if windowed else None
+    cut = increments.touched(cfg, TABLE, inputs, params, start, end) if windowed else None
     log.info(
         "behaviour [1/3] reading %s (version %d)%s",
         cfg.table("interactions"),

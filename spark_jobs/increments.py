@@ -16,14 +16,17 @@ work, and a table written by anything else (or a missing watermark) means a full
 from __future__ import annotations
 
 import json
+import operator
 from collections import defaultdict
-from functools import reduce
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from mminterest.config import Config
 from mminterest.schemas import utc
@@ -34,25 +37,25 @@ EMBEDDING_COLUMNS = ["item_id", "encoder_version", "content_hash"]
 
 
 def touched(
-    spark: SparkSession, cfg: Config, table: str, inputs: dict[str, int], params: dict, start, end
+    cfg: Config, table: str, inputs: dict[str, int], params: dict, start, end
 ) -> Cutoffs | None:
     """Users to recompute in `table` (with their cutoffs) for a run over [start, end) whose inputs
     are now at `inputs` (interactions, and item_embeddings for interest features); None when only
-    a full rebuild is safe (no watermark, other params, the table written by something else)."""
+    a full rebuild is safe (no watermark, other params, the table written by something else).
+    Read on the driver with delta-rs and Arrow: the window's rows and the changed files' rows are a
+    day's increment, and a Spark job for them would cost more than they do."""
     mark = consumed(cfg, table, params)
     if mark is None or set(mark) != set(inputs):
         return None
-    path = cfg.table("interactions")
-    interactions = read_at(spark, path, inputs["interactions"])
-    events = [window_events(interactions, start, end)]
-    if mark["interactions"] != inputs["interactions"]:
-        rows = changed(spark, path, mark["interactions"], inputs["interactions"], EVENT_COLUMNS)
+    path, at = cfg.table("interactions"), inputs["interactions"]
+    events = [_events(path, at, window_filter(start, end))]
+    if mark["interactions"] != at:
+        rows = changed(path, mark["interactions"], at, EVENT_COLUMNS)
         if rows is None:
             return None
-        events.append(rows.select("user_id", "event_ts"))
+        events.append(rows.select(["user_id", "event_ts"]))
     if "item_embeddings" in inputs and mark["item_embeddings"] != inputs["item_embeddings"]:
         items = changed(
-            spark,
             cfg.table("item_embeddings"),
             mark["item_embeddings"],
             inputs["item_embeddings"],
@@ -60,12 +63,8 @@ def touched(
         )
         if items is None:
             return None  # a changed item vector changes every row with the item as target or in history
-        events.append(
-            interactions.join(
-                F.broadcast(items.select("item_id").distinct()), "item_id", "left_semi"
-            ).select("user_id", "event_ts")
-        )
-    return cutoffs(reduce(DataFrame.unionByName, events))
+        events.append(_events(path, at, pads.field("item_id").isin(pc.unique(items["item_id"]))))
+    return cutoffs(pa.concat_tables(events))
 
 
 def version(cfg: Config, table: str) -> int:
@@ -74,67 +73,77 @@ def version(cfg: Config, table: str) -> int:
 
 def read_at(spark: SparkSession, path: str, at: int) -> DataFrame:
     """The Delta table at `path` as of version `at` (a pinned read: later commits are not seen)."""
-    return _read_files(
-        spark,
-        path,
-        DeltaTable(path, version=at).file_uris(),
-        DeltaTable(path, version=at).schema().to_arrow(),
-    )
+    table = DeltaTable(path, version=at)
+    files = sorted(table.file_uris())
+    if not files:
+        return spark.createDataFrame([], from_arrow_schema(pa.schema(table.schema().to_arrow())))
+    return spark.read.option("basePath", path).parquet(*files)
 
 
 def rows_at(spark: SparkSession, path: str, at: int) -> int:
     """Rows of the Delta table at `path` as of version `at`: from the log's per-file record counts
     (no scan), else counted."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     counts = pa.table(DeltaTable(path, version=at).get_add_actions(flatten=True))["num_records"]
     if counts.null_count:
         return read_at(spark, path, at).count()
     return int(pc.sum(counts).as_py() or 0)
 
 
-def _read_files(spark: SparkSession, path: str, files, schema) -> DataFrame:
-    import pyarrow as pa
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    files = sorted(files)
-    if not files:
-        return spark.createDataFrame([], from_arrow_schema(pa.schema(schema)))
-    return spark.read.option("basePath", path).parquet(*files)
+def _events(path: str, at: int, where: pads.Expression) -> pa.Table:
+    """(user_id, event_ts) of the interactions at version `at` matching `where`."""
+    dataset = DeltaTable(path, version=at).to_pyarrow_dataset()
+    return dataset.to_table(columns=["user_id", "event_ts"], filter=where)
 
 
-def changed(
-    spark: SparkSession, path: str, since: int, now: int, columns: list[str]
-) -> DataFrame | None:
-    """Rows (projected on `columns`) added, removed or updated between versions `since` and `now`,
-    from the files those commits added and removed; None when an old file is gone (vacuumed)."""
+def _rows(path: str, table: DeltaTable, files: set[str], columns: list[str]) -> pa.Table:
+    """Rows (projected on `columns`) of `table`'s data files `files` (as `file_uris()` names them)."""
+    wanted = {_local(f) for f in files}
+    dataset = table.to_pyarrow_dataset()  # its fragments' paths are relative to the table
+    fragments = [f for f in dataset.get_fragments() if _local(f.path, path) in wanted]
+    return pads.FileSystemDataset(
+        fragments, dataset.schema, dataset.format, dataset.filesystem
+    ).to_table(columns=columns)
+
+
+def _local(file: str, root: str = "/") -> Path:
+    return Path(root, file.removeprefix("file://")).resolve()
+
+
+def changed(path: str, since: int, now: int, columns: list[str]) -> pa.Table | None:
+    """Distinct rows (projected on `columns`) added, removed or updated between versions `since`
+    and `now`, from the files those commits added and removed (a MERGE rewrites a file with its
+    old rows: those cancel out); None when an old file is gone (vacuumed)."""
     old, new = DeltaTable(path, version=since), DeltaTable(path, version=now)
     before, after = set(old.file_uris()), set(new.file_uris())
-    added, removed = sorted(after - before), sorted(before - after)
-    if not all(Path(f.removeprefix("file://")).exists() for f in removed):
+    if not all(_local(f).exists() for f in before - after):
         return None
-    schema = new.schema().to_arrow()
-    plus = _read_files(spark, path, added, schema).select(*columns)
-    minus = _read_files(spark, path, removed, schema).select(*columns)
-    return plus.subtract(minus).unionByName(minus.subtract(plus))
+    plus = _rows(path, new, after - before, columns)
+    minus = _rows(path, old, before - after, columns)
+    both = plus.to_pandas().merge(  # pandas: null keys match, as in a set difference
+        minus.to_pandas(), how="outer", on=columns, indicator=True
+    )
+    diff = both[both["_merge"] != "both"].drop(columns="_merge").drop_duplicates()
+    return pa.Table.from_pandas(diff, schema=plus.schema, preserve_index=False)
 
 
-def window_events(interactions: DataFrame, start, end) -> DataFrame:
-    """(user_id, event_ts) of the events in [start, end)."""
-    start, end = utc(start), utc(end)
-    rows = interactions
-    if start is not None:
-        rows = rows.where(F.col("event_ts") >= F.lit(start.to_pydatetime()))
-    if end is not None:
-        rows = rows.where(F.col("event_ts") < F.lit(end.to_pydatetime()))
-    return rows.select("user_id", "event_ts")
+def window_filter(start, end) -> pads.Expression:
+    """Arrow filter of the events in [start, end) (either bound may be None)."""
+    where = pads.scalar(True)
+    for bound, keep in ((utc(start), operator.ge), (utc(end), operator.lt)):
+        if bound is not None:
+            where &= keep(pads.field("event_ts"), pa.scalar(bound, pa.timestamp("us", "UTC")))
+    return where
 
 
-def cutoffs(events: DataFrame) -> Cutoffs:
-    """user_id -> earliest event_ts of `events` (user_id, event_ts), collected on the driver."""
-    rows = events.groupBy("user_id").agg(F.min("event_ts").alias("cutoff")).collect()
-    return {r["user_id"]: utc(r["cutoff"]) for r in rows}
+def cutoffs(events: pa.Table) -> Cutoffs:
+    """user_id -> earliest event_ts of `events` (user_id, event_ts)."""
+    earliest = events.group_by("user_id").aggregate([("event_ts", "min")])
+    return {
+        int(u): utc(t)
+        for u, t in zip(
+            earliest["user_id"].to_pylist(), earliest["event_ts_min"].to_pylist(), strict=True
+        )
+    }
 
 
 def as_frame(spark: SparkSession, cut: Cutoffs) -> DataFrame:

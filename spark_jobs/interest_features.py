@@ -227,7 +227,7 @@ def run(
     inputs = {t: increments.version(cfg, t) for t in ("interactions", "item_embeddings")}
     params = {"seq_len": cfg.seq_len, "time_slices": cfg.time_slices, "sim_bins": cfg.sim_bins}
     windowed = start is not None or end is not None
-    cut = increments.touched(spark, cfg, TABLE, inputs, params, start, end) if windowed else None
+    cut = increments.touched(cfg, TABLE, inputs, params, start, end) if windowed else None
     window = f"[{utc(start) or '-inf'}, {utc(end) or '+inf'})"
     note = "full rebuild" if cut is None else f"{len(cut):,} users from their earliest new event"
     log.info(
