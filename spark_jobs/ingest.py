@@ -14,7 +14,10 @@ Only the admitted candidates are validated: catalogue rows (items, images) equal
 already holds were validated when they were admitted and are taken as they are; the rest (new,
 changed, previously refused) go through the suites; and while the catalogue files are unchanged
 since the last run (`catalogue_mark`: size, mtime, check settings) and `items` has not been
-written since, the catalogue is not read at all. Without a window the whole dataset is
+written since, the catalogue is not read at all. Likewise, while the events files are unchanged
+since the last windowed run (`events_mark`) and `interactions` has not been written since, every
+event before that run's end is held or quarantined already: only the events from there to `end`
+are candidates, and the held events are not compared. Without a window the whole dataset is
 validated and merged, as a full rebuild.
 
     spark-submit spark_jobs/ingest.py [--start ISO --end ISO]      or      mmi ingest [...]
@@ -61,6 +64,7 @@ class IngestSummary:
     skipped: dict[str, int] = field(default_factory=dict)  # windowed: already held, or not due yet
     window: str = ""
     catalogue_read: bool = True  # False: catalogue files unchanged, items taken as held
+    held_before: str = ""  # events source unchanged: every event before this was held already
 
     def line(self) -> str:
         def fmt(d: dict[str, int]) -> str:
@@ -69,6 +73,8 @@ class IngestSummary:
         skipped = f", skipped {fmt(self.skipped)}" if self.skipped else ""
         window = f" [window {self.window}]" if self.window else ""
         held = "" if self.catalogue_read else ", catalogue unchanged"
+        if self.held_before:
+            held += f", events source unchanged: events before {self.held_before} held"
         return (
             f"ingest{window}: rows in {fmt(self.rows_in)}, written {fmt(self.written)}, "
             f"quarantined {fmt(self.quarantined)}{skipped}{held}, {self.seconds:.1f} s"
@@ -171,15 +177,37 @@ class _Catalogue:
     read: bool = True  # False: taken as `items` holds it, the source files not read
 
 
+def _stats(files: list[Path]) -> dict[str, list[int] | None]:
+    """Each file's [size, mtime in ns] (None: absent)."""
+    return {
+        str(f): [f.stat().st_size, f.stat().st_mtime_ns] if f.is_file() else None for f in files
+    }
+
+
 def catalogue_mark(adapter: DatasetAdapter, cfg: Config) -> dict:
     """What the catalogue was read from: each catalogue file's (size, mtime), and the settings
     its checks use. Unchanged since the last run (and `items` untouched since): nothing to check."""
-
-    def stat(path: Path) -> list[int] | None:
-        return [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
-
-    files = {str(f): stat(f) for f in adapter.catalogue_files(cfg)}
+    files = _stats(adapter.catalogue_files(cfg))
     return {"dataset": cfg.dataset, "max_text_chars": cfg.max_text_chars, "files": files}
+
+
+def events_mark(adapter: DatasetAdapter, cfg: Config) -> dict:
+    """What the events were read from: each events file's (size, mtime), and the settings their
+    checks and labels use."""
+    ratings = [cfg.rating_min, cfg.rating_max, cfg.positive_rating]
+    return {
+        "dataset": cfg.dataset,
+        "ratings": ratings,
+        "files": _stats(adapter.interaction_files(cfg)),
+    }
+
+
+def _held_before(cfg: Config, mark: dict) -> pd.Timestamp | None:
+    """The end of the windows `interactions` admitted from the source `mark` describes, when that
+    source is unchanged and the table untouched since (every source event before it is held or
+    quarantined); else None."""
+    micros = (increments.consumed(cfg, "interactions", mark) or {}).get("admitted_before_us")
+    return None if micros is None else pd.Timestamp(micros, unit="us", tz="UTC")
 
 
 def _numbered(df: DataFrame) -> DataFrame:
@@ -281,17 +309,28 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
         catalogue = _checked_catalogue(spark, cfg, adapter, held_items)
     known = catalogue.items.select("item_id", F.lit(True).alias("item_known"))
 
-    log.info("ingest [3/4] validating interactions%s", f" before {end}" if end is not None else "")
-    events = _numbered(adapter.interactions(spark, cfg))
+    events, source = adapter.interactions(spark, cfg), events_mark(adapter, cfg)
+    held_before = _held_before(cfg, source) if end is not None else None
+    since = f" from {held_before} (events source unchanged)" if held_before is not None else ""
+    log.info(
+        "ingest [3/4] validating interactions%s%s",
+        since,
+        f" before {end}" if end is not None else "",
+    )
     skipped = {}
     if end is not None:  # the replay: events at/after `end` are not due yet; held ones stay
         horizon = now + timedelta(days=1)  # later than that: out of range, quarantined now
         ts = F.col("event_ts")
-        due = events.where(ts.isNull() | (ts < F.lit(end.to_pydatetime())) | (ts > F.lit(horizon)))
-        held_events = held("interactions")
+        due = ts < F.lit(end.to_pydatetime())
+        if held_before is not None:
+            due &= ts >= F.lit(held_before.to_pydatetime())
+        total, events = events.count(), events.where(ts.isNull() | due | (ts > F.lit(horizon)))
+        held_events = held("interactions") if held_before is None else None
         if held_events is not None:
-            due = due.join(held_events.select(*INTERACTION_KEYS), INTERACTION_KEYS, "left_anti")
-        total, events = events.count(), due
+            events = events.join(
+                held_events.select(*INTERACTION_KEYS), INTERACTION_KEYS, "left_anti"
+            )
+    events = _numbered(events)
     events = (
         _first_of(events, INTERACTION_KEYS, "first_of_key")
         .join(F.broadcast(known), "item_id", "left")
@@ -359,6 +398,11 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
     if written["interactions"] or not delta_io.exists(cfg.table("interactions")):
         delta_io.merge(good_events, cfg.table("interactions"), INTERACTION_KEYS)
     increments.save(cfg, "items", {}, mark)  # the catalogue `items` now holds was read from these
+    if end is not None:  # every event of `source` before the latest end is held or quarantined
+        latest = end if held_before is None else max(end, held_before)
+        increments.save(cfg, "interactions", {"admitted_before_us": latest.value // 1000}, source)
+    else:
+        increments.save(cfg, "interactions", {}, source)  # no window end to go on from
     window = f"[{start or '-inf'}, {end})" if end is not None else ""
     summary = IngestSummary(
         rows_in,
@@ -368,6 +412,7 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
         skipped,
         window,
         catalogue_read=catalogue.read,
+        held_before=str(held_before) if held_before is not None else "",
     )
     log.info(summary.line())
     return summary

@@ -8,8 +8,9 @@ so that nothing is lost when a row is quarantined:
 - items:        item_id long, title string, text string, category string, _raw
 - images:       item_id long, image_path string (absolute), _raw
 
-`catalogue_files` names the files items and images are read from: while none of them changes (size,
-mtime), a windowed ingest takes the catalogue as the `items` table holds it.
+`catalogue_files` names the files items and images are read from, `interaction_files` those of the
+events: while none of them changes (size, mtime), a windowed ingest takes the catalogue as the
+`items` table holds it, and only the events since the last window are candidates.
 
 Validation, labels and Delta writes are generic (spark_jobs.ingest); a new dataset needs only a
 new adapter registered in ADAPTERS.
@@ -30,6 +31,7 @@ class DatasetAdapter(Protocol):
     def items(self, spark: SparkSession, cfg: Config) -> DataFrame: ...
     def images(self, spark: SparkSession, cfg: Config) -> DataFrame: ...
     def catalogue_files(self, cfg: Config) -> list[Path]: ...
+    def interaction_files(self, cfg: Config) -> list[Path]: ...
 
 
 def get_adapter(name: str) -> DatasetAdapter:

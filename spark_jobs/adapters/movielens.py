@@ -65,6 +65,9 @@ class MovieLensAdapter:
     def catalogue_files(self, cfg: Config) -> list[Path]:
         return [cfg.dataset_dir / "movies.csv", cfg.dataset_dir / "posters_index.csv"]
 
+    def interaction_files(self, cfg: Config) -> list[Path]:
+        return [cfg.dataset_dir / "ratings.csv"]
+
     def images(self, spark: SparkSession, cfg: Config) -> DataFrame:
         raw = _csv(spark, cfg.dataset_dir / "posters_index.csv")
         root = str(cfg.dataset_dir).rstrip("/") + "/"

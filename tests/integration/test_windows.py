@@ -4,7 +4,8 @@ late (in the last day's source, stamped days earlier), leave interactions and it
 source's events before the last day's end, and user_behaviour and interest_features equal, row for
 row, to a full rebuild from those interactions; a run admits nothing at or after its window's end;
 re-running a day leaves the tables unchanged; an unchanged catalogue is not read again, a changed
-one is. No posters: the slice needs no image suite."""
+one is; from an unchanged events source only the events since the last window are candidates.
+No posters: the slice needs no image suite."""
 
 from __future__ import annotations
 
@@ -119,6 +120,9 @@ def test_daily_windows_with_a_late_event_equal_one_full_run(runs):
         assert summary.written["interactions"] == in_day + (day == DAYS[-1]), day
         assert summary.rows_in["items"] == 0  # the catalogue is held: not validated again
     assert summaries[0].skipped["interactions"] == ((events.event_ts >= DAYS[0] + DAY).sum())
+    # the second day's source is the first's, unchanged: only events from the first day's end on
+    # were candidates; the last day's source changed (the late event): all were compared
+    assert [s.held_before for s in summaries] == ["", str(DAYS[1]), ""]
     # the late event is seen by user 73's later rows, which the last window does not contain
     rows = got["interest_features"]
     user73 = rows[rows.user_id == 73].sort_values("event_ts")
@@ -132,6 +136,7 @@ def test_rerunning_a_day_leaves_the_tables_unchanged(runs, spark):
     before = snapshot(daily, TABLES)
     summary = _day(spark, daily, DAYS[1], DAYS[1] + DAY)
     assert summary.written["interactions"] == 0
+    assert summary.held_before == str(DAYS[-1] + DAY)  # a re-run does not move the mark back
     assert_equal(snapshot(daily, TABLES), before)
 
 
