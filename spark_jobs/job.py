@@ -90,6 +90,8 @@ _JVM_GONE = (
     "Error while sending or receiving",
     "SparkContext was shut down",
     "SparkContext has been shutdown",
+    # a command running while the context stops: Spark's INTERNAL_ERROR wrapping this NPE
+    'SparkContext.dagScheduler()" is null',
 )
 _JVM_EXIT_WAIT_S = 120  # after a fatal error in a task, Spark stops its context, then the JVM
 # exits: seconds when idle, over 30 s on a loaded machine (test_out_of_memory failed at load 5-9)
