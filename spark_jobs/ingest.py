@@ -287,16 +287,9 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
     adapter = get_adapter(cfg.dataset)
     now = datetime.now(UTC)  # one "now" for the range check and the replay's future
 
-    def held(name: str) -> DataFrame | None:
-        """What table `name` holds (windowed runs only)."""
-        path = cfg.table(name)
-        return (
-            delta_io.read(spark, path).persist()
-            if end is not None and delta_io.exists(path)
-            else None
-        )
-
-    held_items = held("items")
+    # what `items` holds: read by windowed runs only
+    windowed = end is not None and delta_io.exists(cfg.table("items"))
+    held_items = delta_io.read(spark, cfg.table("items")).persist() if windowed else None
     mark = catalogue_mark(adapter, cfg)
     if held_items is not None and increments.consumed(cfg, "items", mark) is not None:
         log.info(
@@ -325,11 +318,9 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
         if held_before is not None:
             due &= ts >= F.lit(held_before.to_pydatetime())
         total, events = events.count(), events.where(ts.isNull() | due | (ts > F.lit(horizon)))
-        held_events = held("interactions") if held_before is None else None
-        if held_events is not None:
-            events = events.join(
-                held_events.select(*INTERACTION_KEYS), INTERACTION_KEYS, "left_anti"
-            )
+        if held_before is None and delta_io.exists(cfg.table("interactions")):
+            held_keys = delta_io.read(spark, cfg.table("interactions")).select(*INTERACTION_KEYS)
+            events = events.join(held_keys, INTERACTION_KEYS, "left_anti")
     events = _numbered(events)
     events = (
         _first_of(events, INTERACTION_KEYS, "first_of_key")
@@ -398,11 +389,12 @@ def _run(cfg: Config, spark: SparkSession, start, end) -> IngestSummary:
     if written["interactions"] or not delta_io.exists(cfg.table("interactions")):
         delta_io.merge(good_events, cfg.table("interactions"), INTERACTION_KEYS)
     increments.save(cfg, "items", {}, mark)  # the catalogue `items` now holds was read from these
-    if end is not None:  # every event of `source` before the latest end is held or quarantined
-        latest = end if held_before is None else max(end, held_before)
-        increments.save(cfg, "interactions", {"admitted_before_us": latest.value // 1000}, source)
-    else:
-        increments.save(cfg, "interactions", {}, source)  # no window end to go on from
+    # every event of `source` before the latest window end is held or quarantined (no window: none
+    # to go on from); a re-run of an earlier day does not move it back
+    latest = (
+        {} if end is None else {"admitted_before_us": max(end, held_before or end).value // 1000}
+    )
+    increments.save(cfg, "interactions", latest, source)
     window = f"[{start or '-inf'}, {end})" if end is not None else ""
     summary = IngestSummary(
         rows_in,
